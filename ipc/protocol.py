@@ -1,0 +1,128 @@
+"""The pipe protocol between the supervisor and each tenant process.
+
+Framing: multiprocessing.Connection.send_bytes/recv_bytes already prefix every message with its
+length, so one frame is one orjson object. No pickle ever crosses the pipe: a child cannot make
+the parent execute anything, and a garbled frame is just a dropped message.
+
+Child -> parent
+  hello      {"type", "tenant_id", "pid"}
+  heartbeat  {"type", "state", "mode", "counters": {...}, "last_error", "server_idle_age"}
+  processed  {"type", "uid", "uidvalidity", "message_id", "status", "latency"}
+  fatal      {"type", "kind": "auth" | "config", "reason"}   (just before exiting EXIT_*)
+Parent -> child
+  stop       {"type"}
+
+Counters are plain ints: processed, failed, reconnects, logins.
+"""
+from __future__ import annotations
+
+import logging
+from multiprocessing.connection import Connection
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("ipc")
+
+MAX_MESSAGE_BYTES = 64 * 1024  # a heartbeat is ~300 bytes; anything near this is a bug
+
+# Exit-code contract (supervision rule 7): 0 clean stop, distinct codes for errors a restart
+# cannot fix (do not fast-retry), anything else is a crash.
+EXIT_OK = 0
+EXIT_CONFIG = 3  # bad tenant config, unknown handler, folder missing, TLS refused by policy
+EXIT_AUTH = 4  # the server rejected the credentials
+NO_FAST_RETRY_EXITS = frozenset({EXIT_CONFIG, EXIT_AUTH})
+
+# Child-reported states (what status.json shows while the child runs).
+CHILD_STATES = ("starting", "connecting", "idle", "polling", "processing", "backoff")
+MODES = ("idle", "poll")
+
+MESSAGE_TYPES = frozenset({"hello", "heartbeat", "processed", "fatal", "stop"})
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid message; the receiver logs and drops it."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    data = orjson.dumps(message)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return data
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("message is not a JSON object")
+    if message.get("type") not in MESSAGE_TYPES:
+        raise ProtocolError(f"unknown message type {str(message.get('type'))[:40]!r}")
+    return message
+
+
+def send(conn: Connection, message: dict[str, Any]) -> bool:
+    """Send one message; False if the other side is gone (the caller decides what that means)."""
+    try:
+        conn.send_bytes(encode(message))
+        return True
+    except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+        return False
+
+
+def receive(conn: Connection) -> dict[str, Any] | None:
+    """Read one frame. Returns None for a bad frame (logged). Raises EOFError when closed."""
+    data = conn.recv_bytes()  # EOFError / OSError propagate: the peer is gone
+    try:
+        return decode(data)
+    except ProtocolError as exc:
+        log.warning("dropped malformed IPC message: %s", exc)
+        return None
+
+
+# Small constructors so both sides spell messages the same way.
+
+def hello(tenant_id: str, pid: int) -> dict[str, Any]:
+    return {"type": "hello", "tenant_id": tenant_id, "pid": pid}
+
+
+def heartbeat(
+    state: str,
+    mode: str | None,
+    counters: dict[str, int],
+    last_error: str | None,
+    server_idle_age: float | None = None,
+) -> dict[str, Any]:
+    return {
+        "type": "heartbeat",
+        "state": state,
+        "mode": mode,
+        "counters": counters,
+        "last_error": last_error,
+        "server_idle_age": server_idle_age,
+    }
+
+
+def processed(
+    uid: int, uidvalidity: int, message_id: str | None, status: str, latency: float | None
+) -> dict[str, Any]:
+    return {
+        "type": "processed",
+        "uid": uid,
+        "uidvalidity": uidvalidity,
+        "message_id": message_id,
+        "status": status,
+        "latency": latency,
+    }
+
+
+def fatal(kind: str, reason: str) -> dict[str, Any]:
+    return {"type": "fatal", "kind": kind, "reason": reason}
+
+
+def stop() -> dict[str, Any]:
+    return {"type": "stop"}

@@ -1,0 +1,127 @@
+"""What the supervisor hands to a tenant process: one frozen, comparable description.
+
+The supervisor builds these from its config (file or Supabase); the tenant process only reads
+them. Equality of two specs is what "unchanged" means on reload, so everything the child uses
+lives in here and nothing else does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Security = Literal["tls", "starttls", "plain"]
+Backfill = Literal["none", "unseen", "all"]
+
+SECURITY_MODES: tuple[str, ...] = ("tls", "starttls", "plain")
+BACKFILL_MODES: tuple[str, ...] = ("none", "unseen", "all")
+
+
+class Secret:
+    """A string that never prints itself.
+
+    repr/str/format all give '***' so a secret that slips into a log line, an exception
+    message or a status dump leaks nothing. Call reveal() at the one place it is needed.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __format__(self, spec: str) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self):  # never pickled by accident into a queue, a log record or a file
+        raise TypeError("Secret values are not picklable")
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    """The [imap] table: how every tenant talks to its server."""
+
+    idle_timeout: float = 1740.0  # re-issue IDLE before RFC 2177's 29 minutes
+    poll_interval: float = 60.0  # when the server does not advertise IDLE
+    backfill: Backfill = "none"  # first start without a checkpoint: none | unseen | all
+    batch_size: int = 100  # UIDs fetched per FETCH round trip
+    max_attempts: int = 5  # handler failures before an email is recorded as failed
+    retry_interval: float = 30.0  # a failed handler call is retried this long after
+    connect_timeout: float = 30.0  # TCP connect + TLS handshake + greeting
+    command_timeout: float = 60.0  # any single IMAP command outside IDLE
+    dead_after: float = 120.0  # no byte from the server while idling for this long: reconnect
+    reconcile_interval: float = 300.0  # STATUS check that catches an EXISTS never sent
+    reconnect_backoff_max: float = 60.0  # in-process reconnect: 1 s doubling up to this
+    max_message_bytes: int = 25 * 1024 * 1024  # larger mail: headers and size only
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """The [handler] table: target plus every other key as options."""
+
+    target: str = "tenant_proc.handlers:jsonl"
+    options: tuple[tuple[str, Any], ...] = ()  # sorted items: hashable and comparable
+
+    def options_dict(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """Where checkpoints and the processed/failed ledger live."""
+
+    backend: Literal["sqlite", "supabase"] = "sqlite"
+    state_dir: str = "state"  # absolute after config load
+    # Supabase backend only; read from the environment by the parent at load time.
+    supabase_url: str = ""
+    supabase_key: Secret | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class TenantSpec:
+    """One company's mailbox and everything its process needs."""
+
+    id: str
+    name: str
+    host: str
+    port: int
+    security: Security
+    username: str
+    password: Secret = field(repr=False)
+    folder: str = "INBOX"
+    ca_file: str | None = None
+    allow_insecure: bool = False
+    imap: ImapSettings = ImapSettings()
+    handler: HandlerSpec = HandlerSpec()
+    state: StateSpec = StateSpec()
+    heartbeat_interval: float = 5.0
+    shutdown_timeout: float = 10.0
+    base_dir: str = "."  # directory of the config file: relative handler paths resolve here
+
+    def public_info(self) -> dict[str, Any]:
+        """Tenant info safe to hand to handlers, logs and status: no secrets."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "host": self.host,
+            "port": self.port,
+            "security": self.security,
+            "username": self.username,
+            "folder": self.folder,
+        }

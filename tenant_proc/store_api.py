@@ -1,0 +1,51 @@
+"""The interface every checkpoint/ledger backend implements (SQLite embedded, Supabase).
+
+Semantics the mailbox loop relies on:
+- The checkpoint is (uidvalidity, last_uid) per (tenant, folder): every UID <= last_uid under
+  that uidvalidity is finished (processed or recorded as failed). It only moves forward.
+- mark_done() records the ledger row AND advances the checkpoint; backends do it atomically
+  where they can (SQLite: one transaction). It is idempotent per (tenant, folder,
+  uidvalidity, uid): calling it twice changes nothing the second time.
+- record_attempt_failure() counts a handler failure and returns the attempts so far, which
+  survive a process crash so a poison email is not retried forever.
+- A backend is opened inside the tenant process, after the fork: nothing is inherited.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+
+class Checkpoint(NamedTuple):
+    uidvalidity: int
+    last_uid: int
+
+
+class StateStore(Protocol):
+    def load_checkpoint(self, tenant_id: str, folder: str) -> Checkpoint | None: ...
+
+    def save_checkpoint(self, tenant_id: str, folder: str, checkpoint: Checkpoint) -> None:
+        """Set the checkpoint outright (first start, UIDVALIDITY change)."""
+
+    def mark_done(
+        self,
+        tenant_id: str,
+        folder: str,
+        uidvalidity: int,
+        uid: int,
+        message_id: str | None,
+        status: str,  # "processed" | "failed"
+        error: str | None = None,
+    ) -> None: ...
+
+    def record_attempt_failure(
+        self, tenant_id: str, folder: str, uidvalidity: int, uid: int,
+        message_id: str | None, error: str,
+    ) -> int: ...
+
+    def is_done(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class StoreError(RuntimeError):
+    """The backend could not read or write; the caller retries later, never skips mail."""
