@@ -1,0 +1,533 @@
+"""The arbiter: one single-threaded loop that owns every tenant process.
+
+One tick: wait on every child pipe, every process sentinel and the signal wake-up socket
+(bounded timeout), then drain signals, read messages, reap, check heartbeats and stop
+deadlines, refresh tenants when due, start what is due, write status, ping systemd.
+
+Signal handlers only queue the signal number; set_wakeup_fd makes the wait return at once.
+Everything else (logging, forking, killing, reloading) happens here, in the loop.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing
+import os
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from ipc import protocol
+from supervisor import sdnotify
+from supervisor.childproc import child_entry
+from supervisor.config import Config, ConfigError, load_config
+from supervisor.pidfile import PidFile
+from supervisor.sources import SourceError, load_tenants
+from supervisor.status import build_status, summary_line, write_status
+from supervisor.tenants import RestartPolicy, State, StopReason, TenantRecord, diff_tenants
+from tenant_proc.handler_loader import HandlerError, resolve_target
+
+log = logging.getLogger("supervisor")
+
+MAX_WAIT = 1.0  # the loop never sleeps longer than this (issue contract)
+START_BATCH = 25  # forks per tick: a thousand tenants start staggered, not as one storm
+MESSAGES_PER_CHILD_PER_TICK = 64  # one chatty child cannot starve the loop
+SOURCE_RETRY = 30.0  # after a failed tenant read, try again this soon
+
+
+@dataclass
+class ChildHandle:
+    process: Any  # multiprocessing.Process (fork context)
+    conn: Connection  # parent end of the pipe
+    conn_open: bool = True
+
+
+class Arbiter:
+    def __init__(self, config_path: Path, config: Config) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.state_dir = Path(config.supervisor.state_dir)
+        self.records: dict[str, TenantRecord] = {}
+        self.ctx = multiprocessing.get_context("fork")
+        self.rng = random.Random()
+        self.pidfile = PidFile(self.state_dir)
+        self.signal_queue: list[int] = []
+        self.shutting_down = False
+        self.ready_sent = False
+        self.started_at_wall = time.time()
+        self.next_refresh = 0.0
+        self.next_status = 0.0
+        self.next_watchdog = 0.0
+        self.watchdog_period = sdnotify.watchdog_interval()
+        self.last_summary = ""
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.initialize()
+        try:
+            while not self.finished():
+                self.tick()
+        finally:
+            self.cleanup()
+        log.info("supervisor stopped")
+        return 0
+
+    def initialize(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.pidfile.acquire()
+        sdnotify.forget_notify_socket()  # children must never inherit NOTIFY_SOCKET
+        self._install_signals()
+        policy = self.restart_policy()
+        log.info("supervisor started (pid %d, config %s, restart backoff %.0fs)",
+                 os.getpid(), self.config_path, policy.backoff)
+        self.apply_tenants(initial=True)
+        self.write_status_now()
+
+    def finished(self) -> bool:
+        return self.shutting_down and not any(r.is_alive() for r in self.records.values())
+
+    def cleanup(self) -> None:
+        self.kill_survivors()
+        self.write_status_now()
+        self.pidfile.release()
+        signal.set_wakeup_fd(-1)
+
+    # ---- one tick ----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        ready = wait(self._wait_objects(), timeout=self._wait_timeout(now))
+        ready_set = set(ready)
+        self._drain_wakeup(ready_set)
+        self.handle_signals()
+        self.read_messages(ready_set)
+        self.reap_children()
+        now = time.monotonic()
+        self.murder_hung(now)
+        self.enforce_stop_deadlines(now)
+        if not self.shutting_down:
+            self.refresh_if_due(now)
+            self.start_due(now)
+            self.announce_ready_once()
+        self.write_status_if_due(now)
+        self.ping_watchdog(now)
+
+    def _wait_objects(self) -> list[Any]:
+        objects: list[Any] = [self._wake_r]
+        for record in self.records.values():
+            handle = record.handle
+            if handle is None:
+                continue
+            objects.append(handle.process.sentinel)
+            if handle.conn_open:
+                objects.append(handle.conn)
+        return objects
+
+    def _wait_timeout(self, now: float) -> float:
+        due = [r.next_start_at for r in self.records.values()
+               if r.next_start_at is not None and not r.is_alive()]
+        due += [r.stop_deadline for r in self.records.values() if r.stop_deadline is not None]
+        timeout = MAX_WAIT
+        if due:
+            timeout = min(timeout, max(0.0, min(due) - now))
+        return timeout
+
+    # ---- signals -----------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        for sock in (self._wake_r, self._wake_w):
+            sock.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._queue_signal)
+
+    def _queue_signal(self, signum: int, frame: Any) -> None:
+        self.signal_queue.append(signum)  # only record it: the loop does the work
+
+    def _drain_wakeup(self, ready: set[Any]) -> None:
+        if self._wake_r in ready:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def handle_signals(self) -> None:
+        while self.signal_queue:
+            signum = self.signal_queue.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.handle_term(signal.Signals(signum).name)
+            elif signum == signal.SIGHUP:
+                self.handle_hup()
+
+    def handle_term(self, name: str) -> None:
+        now = time.monotonic()
+        if self.shutting_down:
+            # A second signal: the operator wants out now.
+            log.warning("%s again: killing remaining tenant processes", name)
+            for record in self.records.values():
+                if record.is_alive():
+                    record.stop_deadline = now
+            return
+        log.info("%s: stopping %d tenant processes", name,
+                 sum(r.is_alive() for r in self.records.values()))
+        sdnotify.stopping()
+        self.shutting_down = True
+        timeout = self.config.supervisor.shutdown_timeout
+        for record in self.records.values():
+            record.next_start_at = None
+            if record.is_alive():
+                self.stop_tenant(record, StopReason.SHUTDOWN, now, timeout)
+            elif record.state is not State.FAILED:
+                record.state = State.STOPPED
+
+    def handle_hup(self) -> None:
+        log.info("SIGHUP: reloading config and tenants")
+        sdnotify.reloading()
+        try:
+            self.config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload: keeping the previous config: %s", exc)
+        else:
+            self.apply_tenants(retry_failed=True)
+        sdnotify.ready()
+        self.write_status_now()
+
+    # ---- tenants: load, diff, apply ----------------------------------------------------
+
+    def restart_policy(self) -> RestartPolicy:
+        s = self.config.supervisor
+        return RestartPolicy(backoff=s.restart_backoff, jitter=s.restart_jitter,
+                             failed_backoff=s.failed_backoff, max_restarts=s.max_restarts,
+                             window=s.restart_window)
+
+    def refresh_if_due(self, now: float) -> None:
+        if now >= self.next_refresh:
+            self.apply_tenants()
+
+    def apply_tenants(self, initial: bool = False, retry_failed: bool = False) -> None:
+        """Load tenants, diff against what runs, and act: supervisord's diff_to_active."""
+        now = time.monotonic()
+        self.next_refresh = now + self.config.supervisor.tenant_refresh
+        try:
+            resolve_target(self.config.handler.target)  # fail fast, and preload before fork
+            load = load_tenants(self.config)
+        except (SourceError, ConfigError, HandlerError) as exc:
+            # Keep running what we have; try again soon (a source outage is usually short).
+            log.error("tenants not refreshed: %s", _one_line(exc))
+            self.next_refresh = now + min(self.config.supervisor.tenant_refresh, SOURCE_RETRY)
+            if initial and isinstance(exc, (ConfigError, HandlerError)):
+                raise ConfigError(_one_line(exc)) from None
+            return
+        wanted: dict[str, Any] = dict(load.specs)
+        wanted.update({tid: None for tid in load.errors})
+        active = {tid: r.spec for tid, r in self.records.items()
+                  if r.stop_reason is not StopReason.REMOVED}
+        diff = diff_tenants(active, wanted)
+        for tid in diff.removed:
+            self.remove_tenant(self.records[tid], now)
+        for tid in diff.added:
+            self.add_tenant(tid, load.specs.get(tid), load.errors.get(tid), now)
+        for tid in diff.changed:
+            self.change_tenant(self.records[tid], load.specs.get(tid), load.errors.get(tid), now)
+        for tid in diff.unchanged:
+            record = self.records[tid]
+            if tid in load.errors:
+                record.name, record.config_error = load.errors[tid][0], load.errors[tid][1]
+                record.last_error = record.config_error
+            elif retry_failed:
+                record.retry_failed_now(now)
+        if diff.added or diff.removed or diff.changed:
+            log.info("tenants: %d added, %d removed, %d changed, %d unchanged",
+                     len(diff.added), len(diff.removed), len(diff.changed), len(diff.unchanged))
+
+    def add_tenant(self, tid: str, spec: Any, error: tuple[str, str] | None, now: float) -> None:
+        leaving = self.records.get(tid)
+        if leaving is not None and leaving.is_alive():
+            # Re-added while its old process is still stopping: treat it as a change so the
+            # old process is never orphaned.
+            leaving.stop_reason = StopReason.CHANGED
+            leaving.pending_spec = spec
+            if spec is None:
+                leaving.stop_reason = StopReason.REMOVED
+            return
+        if spec is None:
+            name, reason = error or (tid, "invalid config")
+            record = TenantRecord(id=tid, name=name, spec=None, config_error=reason,
+                                  state=State.FAILED, last_error=reason)
+            log.error("[%s] not started: %s", name, reason)
+        else:
+            record = TenantRecord(id=tid, name=spec.name, spec=spec)
+            record.schedule_start(now)
+        self.records[tid] = record
+
+    def remove_tenant(self, record: TenantRecord, now: float) -> None:
+        log.info("[%s] removed from tenants: stopping", record.name)
+        if record.is_alive():
+            self.stop_tenant(record, StopReason.REMOVED, now, self.config.supervisor.shutdown_timeout)
+        else:
+            del self.records[record.id]
+
+    def change_tenant(self, record: TenantRecord, spec: Any, error: tuple[str, str] | None,
+                      now: float) -> None:
+        if spec is None:
+            name, reason = error or (record.id, "invalid config")
+            log.error("[%s] config now invalid: %s", name, reason)
+            record.config_error = record.last_error = reason
+            if record.is_alive():
+                # Stop it; with no spec it stays FAILED until the config is fixed.
+                record.pending_spec = None
+                self.stop_tenant(record, StopReason.REMOVED, now, self.config.supervisor.shutdown_timeout)
+                record.stop_reason = StopReason.REMOVED
+            record.spec = None
+            record.name = name
+            record.next_start_at = None
+            if not record.is_alive():
+                record.state = State.FAILED
+            return
+        log.info("[%s] config changed: restarting", spec.name)
+        record.config_error = None
+        if record.is_alive():
+            record.pending_spec = spec
+            self.stop_tenant(record, StopReason.CHANGED, now, self.config.supervisor.shutdown_timeout)
+        else:
+            record.spec, record.name = spec, spec.name
+            record.last_error = None
+            record.crash_times.clear()
+            record.schedule_start(now)
+
+    # ---- starting ----------------------------------------------------------------------
+
+    def start_due(self, now: float) -> None:
+        due = [r for r in self.records.values()
+               if not r.is_alive() and r.spec is not None
+               and r.next_start_at is not None and r.next_start_at <= now]
+        if not due:
+            return
+        due.sort(key=lambda r: r.next_start_at or 0.0)
+        gc.collect()
+        gc.freeze()  # keep the parent's objects out of the children's GC: pages stay shared
+        for record in due[:START_BATCH]:
+            self.spawn_tenant(record, now)
+
+    def spawn_tenant(self, record: TenantRecord, now: float) -> None:
+        spec = record.spec
+        assert spec is not None
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        siblings = [r.handle.conn for r in self.records.values() if r.handle is not None]
+        inherited = _InheritedFds(siblings, parent_conn, self.pidfile, self._wake_r, self._wake_w)
+        process = self.ctx.Process(
+            target=child_entry,
+            args=(spec, child_conn, inherited, os.getpid()),
+            name=f"tenant:{spec.id}",
+            daemon=True,  # multiprocessing's atexit terminates, never waits forever on, these
+        )
+        try:
+            process.start()
+        except OSError as exc:
+            log.error("[%s] fork failed: %s; retrying in %.0fs", spec.name, exc,
+                      self.config.supervisor.restart_backoff)
+            parent_conn.close()
+            child_conn.close()
+            record.next_start_at = now + self.config.supervisor.restart_backoff
+            return
+        child_conn.close()  # else EOF never arrives when the child dies
+        record.mark_started(now, process.pid or 0, ChildHandle(process=process, conn=parent_conn))
+        log.info("[%s] started (pid %d)%s", spec.name, process.pid,
+                 f", restart #{record.restarts}" if record.restarts else "")
+
+    def announce_ready_once(self) -> None:
+        if self.ready_sent:
+            return
+        pending = any(r.spec is not None and not r.is_alive() and r.next_start_at is not None
+                      and r.state is State.STOPPED for r in self.records.values())
+        if not pending:
+            self.ready_sent = True
+            sdnotify.ready()
+            log.info("all %d tenants started", sum(r.is_alive() for r in self.records.values()))
+
+    # ---- messages from children --------------------------------------------------------
+
+    def read_messages(self, ready: set[Any]) -> None:
+        now = time.monotonic()
+        for record in list(self.records.values()):
+            handle = record.handle
+            if handle is None or not handle.conn_open or handle.conn not in ready:
+                continue
+            for _ in range(MESSAGES_PER_CHILD_PER_TICK):
+                try:
+                    if not handle.conn.poll():
+                        break
+                    message = protocol.receive(handle.conn)
+                except (EOFError, OSError):
+                    handle.conn_open = False  # the sentinel will tell us it exited
+                    break
+                if message is not None:
+                    self.handle_message(record, message, now)
+
+    def handle_message(self, record: TenantRecord, message: dict[str, Any], now: float) -> None:
+        kind = message["type"]
+        if kind == "heartbeat":
+            previous = record.display_state()
+            record.on_heartbeat(now, message)
+            if record.display_state() != previous and record.state is not State.STOPPING:
+                log.debug("[%s] %s -> %s", record.name, previous, record.display_state())
+        elif kind == "hello":
+            record.last_heartbeat = now
+        elif kind == "fatal":
+            record.on_fatal(str(message.get("kind", "error")), str(message.get("reason", "")))
+        elif kind == "processed":
+            record.last_heartbeat = now
+        else:
+            log.warning("[%s] unexpected IPC message type %r dropped", record.name, kind)
+
+    # ---- reaping, hung children, stop deadlines ----------------------------------------
+
+    def reap_children(self) -> None:
+        now = time.monotonic()
+        policy = self.restart_policy()
+        for record in list(self.records.values()):
+            handle = record.handle
+            if handle is None or handle.process.is_alive():  # is_alive() reaps via waitpid
+                continue
+            exitcode = handle.process.exitcode
+            self._close_handle(handle)
+            reason = record.stop_reason
+            record.on_exit(now, exitcode, policy, self.rng, self.shutting_down)
+            self._log_exit(record, exitcode, reason)
+            if reason is StopReason.REMOVED and record.spec is not None and record.id in self.records:
+                if record.state is State.STOPPED:
+                    del self.records[record.id]
+            elif reason is StopReason.REMOVED and record.spec is None:
+                record.state = State.FAILED  # invalid config: shown as failed until fixed
+
+    def _log_exit(self, record: TenantRecord, exitcode: int | None, reason: StopReason | None) -> None:
+        if reason in (StopReason.SHUTDOWN, StopReason.REMOVED, StopReason.CHANGED) or self.shutting_down:
+            log.info("[%s] stopped (exit code %s)", record.name, exitcode)
+        elif record.state is State.FAILED:
+            retry = self.config.supervisor.failed_backoff
+            log.error("[%s] failed: %s; next try in %.0fs or on SIGHUP", record.name,
+                      record.last_error, retry)
+        else:
+            delay = (record.next_start_at or time.monotonic()) - time.monotonic()
+            log.warning("[%s] %s; restarting in %.0fs", record.name, record.last_error, delay)
+
+    def _close_handle(self, handle: ChildHandle) -> None:
+        try:
+            handle.conn.close()
+        except OSError:
+            pass
+        handle.process.join(0)
+        try:
+            handle.process.close()
+        except ValueError:
+            pass
+
+    def murder_hung(self, now: float) -> None:
+        timeout = self.config.supervisor.heartbeat_timeout
+        for record in self.records.values():
+            if record.heartbeat_overdue(now, timeout):
+                record.last_error = f"no heartbeat for {timeout:.0f}s: killed as hung"
+                log.error("[%s] %s", record.name, record.last_error)
+                self.stop_tenant(record, StopReason.HUNG, now, self.config.supervisor.kill_timeout,
+                                 send_stop=False)
+
+    def stop_tenant(self, record: TenantRecord, reason: StopReason, now: float, timeout: float,
+                    send_stop: bool = True) -> None:
+        handle = record.handle
+        if handle is None:
+            return
+        record.begin_stop(now, reason, timeout)
+        if send_stop and handle.conn_open:
+            protocol.send(handle.conn, protocol.stop())
+        # SIGTERM too: a child busy in a handler sees the flag as soon as the handler returns.
+        _signal(handle.process.pid, signal.SIGTERM)
+
+    def enforce_stop_deadlines(self, now: float) -> None:
+        for record in self.records.values():
+            if (record.is_alive() and record.stop_deadline is not None
+                    and now >= record.stop_deadline and not record.kill_sent):
+                log.warning("[%s] did not stop in time: SIGKILL", record.name)
+                _signal(record.handle.process.pid, signal.SIGKILL)
+                record.kill_sent = True
+
+    def kill_survivors(self) -> None:
+        """Last resort on the way out: the parent exits last and leaves nothing behind."""
+        for record in self.records.values():
+            if record.handle is not None and record.handle.process.is_alive():
+                _signal(record.handle.process.pid, signal.SIGKILL)
+        for record in self.records.values():
+            if record.handle is not None:
+                record.handle.process.join(5)
+                exitcode = record.handle.process.exitcode
+                self._close_handle(record.handle)
+                record.on_exit(time.monotonic(), exitcode, self.restart_policy(), self.rng, True)
+
+    # ---- status and systemd ------------------------------------------------------------
+
+    def write_status_if_due(self, now: float) -> None:
+        if now >= self.next_status:
+            self.write_status_now()
+
+    def write_status_now(self) -> None:
+        now = time.monotonic()
+        self.next_status = now + min(1.0, self.config.supervisor.heartbeat_interval)
+        phase = "stopping" if self.shutting_down else "running"
+        status = build_status(os.getpid(), self.started_at_wall, phase, self.records.values(),
+                              now, time.time())
+        try:
+            write_status(self.state_dir, status)
+        except OSError as exc:
+            log.error("cannot write status.json: %s", exc)
+        summary = summary_line(self.records.values())
+        if summary != self.last_summary:
+            self.last_summary = summary
+            sdnotify.status(summary)
+
+    def ping_watchdog(self, now: float) -> None:
+        if self.watchdog_period is not None and now >= self.next_watchdog:
+            sdnotify.watchdog()
+            self.next_watchdog = now + self.watchdog_period
+
+
+@dataclass
+class _InheritedFds:
+    """What a freshly forked child must close: the parent's ends and the parent's lock."""
+
+    sibling_conns: list[Connection]
+    own_parent_conn: Connection
+    pidfile: PidFile
+    wake_r: socket.socket | None
+    wake_w: socket.socket | None
+
+    def close_all(self) -> None:
+        for conn in [*self.sibling_conns, self.own_parent_conn]:
+            try:
+                conn.close()
+            except OSError:
+                pass
+        self.pidfile.close_in_child()
+        for sock in (self.wake_r, self.wake_w):
+            if sock is not None:
+                sock.close()
+
+
+def _signal(pid: int | None, signum: int) -> None:
+    if pid:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,23 @@
+"""The first code a forked tenant process runs, before tenant_proc takes over.
+
+It undoes what the fork copied from the parent and the child must not keep: the parent's
+signal handlers and wake-up fd, the other children's pipe ends (or their EOF never arrives),
+the pid-file lock, systemd's notify socket. Then it hands over to tenant_proc.main.
+"""
+from __future__ import annotations
+
+import signal
+from multiprocessing.connection import Connection
+from typing import Any, NoReturn
+
+from tenant_proc.spec import TenantSpec
+
+
+def child_entry(spec: TenantSpec, conn: Connection, inherited: Any, parent_pid: int) -> NoReturn:
+    signal.set_wakeup_fd(-1)  # else our signals would wake the parent's loop
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    inherited.close_all()  # sdnotify closes its own socket in an at-fork hook
+    from tenant_proc.main import run_tenant
+
+    run_tenant(spec, conn, parent_pid)

@@ -1,0 +1,59 @@
+"""Logging for the supervisor and, by inheritance over fork, every tenant process.
+
+One line per event. Under journald (JOURNAL_STREAM names our stderr) no timestamp is printed:
+the journal adds its own. --log-format json gives one JSON object per line for Railway's search.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import orjson
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "msg": record.getMessage(),
+        }
+        tenant = getattr(record, "tenant", None)
+        if tenant:
+            entry["tenant"] = tenant
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def under_journald() -> bool:
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    if not stream:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return stream == f"{st.st_dev}:{st.st_ino}"
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    elif under_journald():
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # imapclient logs every command at DEBUG including LOGIN: keep it quiet whatever the level,
+    # a password must never reach a log.
+    logging.getLogger("imapclient").setLevel(logging.WARNING)
