@@ -1,0 +1,99 @@
+"""Config loading: defaults, validation errors as one clear line, per-tenant isolation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from supervisor.config import ConfigError, build_tenant_specs, load_config
+
+GOOD = """
+[supervisor]
+state_dir = "state"
+restart_backoff = 2
+[handler]
+target = "tenant_proc.handlers:jsonl"
+path = "state/emails.jsonl"
+[[tenant]]
+id = "acme"
+name = "Acme AB"
+host = "127.0.0.1"
+port = 993
+username = "alice"
+password_env = "ACME_PW"
+[[tenant]]
+id = "beta"
+host = "127.0.0.1"
+username = "bob"
+password = "bob-pw"
+security = "starttls"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_relative_state_dir(tmp_path):
+    config = load_config(write(tmp_path, GOOD), environ={"ACME_PW": "s3cret"})
+    assert config.supervisor.state_dir == str(tmp_path / "state")
+    assert config.supervisor.restart_backoff == 2.0
+    assert config.supervisor.heartbeat_timeout == 30.0 and config.imap.idle_timeout == 1740
+    assert config.handler.options_dict() == {"path": "state/emails.jsonl"}
+    load = build_tenant_specs(config, config.raw_tenants, environ={"ACME_PW": "s3cret"})
+    assert set(load.specs) == {"acme", "beta"} and not load.errors
+    acme = load.specs["acme"]
+    assert acme.password.reveal() == "s3cret" and "s3cret" not in repr(acme)
+    assert load.specs["beta"].port == 143 and load.specs["beta"].name == "beta"
+
+
+def test_missing_password_env_fails_only_that_tenant(tmp_path):
+    config = load_config(write(tmp_path, GOOD), environ={})
+    load = build_tenant_specs(config, config.raw_tenants, environ={})
+    assert set(load.specs) == {"beta"}
+    name, reason = load.errors["acme"]
+    assert name == "Acme AB" and "ACME_PW is not set" in reason
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[supervisor\n", "not valid TOML"),
+    ("[supervisor]\nrestart_backof = 3\n", "unknown key 'restart_backof'"),
+    ("[supervisor]\nrestart_backoff = 'x'\n", "restart_backoff must be a number"),
+    ("[imap]\nbackfill = 'some'\n", "backfill must be one of"),
+    ("[handler]\ntarget = 'nocolon'\n", "module:callable"),
+    ("[bogus]\n", "unknown config section"),
+])
+def test_config_errors_are_one_clear_line(tmp_path, text, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"id": "x", "host": "h", "password": "p"}, "missing or empty field 'username'"),
+    ({"id": "x", "host": "h", "username": "u", "password": "p", "security": "ssl"}, "security must be"),
+    ({"id": "x", "host": "h", "username": "u", "password": "p", "port": 70000}, "port must be"),
+    ({"id": "bad id", "host": "h", "username": "u", "password": "p"}, "id may only use"),
+    ({"id": "x", "host": "h", "username": "u"}, "needs password_env"),
+    ({"id": "x", "host": "h", "username": "u", "password": "p", "colour": 1}, "unknown key"),
+])
+def test_bad_tenant_rows(tmp_path, row, message):
+    config = load_config(write(tmp_path, "[supervisor]\n"))
+    load = build_tenant_specs(config, [row], environ={})
+    assert not load.specs
+    (reason,) = [r for _, r in load.errors.values()]
+    assert message in reason
+
+
+def test_duplicate_ids_are_rejected(tmp_path):
+    config = load_config(write(tmp_path, "[supervisor]\n"))
+    row = {"id": "x", "host": "h", "username": "u", "password": "p"}
+    load = build_tenant_specs(config, [row, dict(row)], environ={})
+    assert "duplicate" in load.errors["x"][1] and not load.specs
+
+
+def test_missing_file_is_clear(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
