@@ -328,3 +328,22 @@ def test_forget_keeps_socket_for_parent_only(listener: Listener, monkeypatch: py
     assert sdnotify.ready()
     assert listener.recv() == "READY=1"
     assert listener.empty(), "the child must not have sent anything"
+
+
+# --- the example files ------------------------------------------------------------------------
+
+def test_example_config_fits_the_unit() -> None:
+    from supervisor.config import build_tenant_specs, load_config
+
+    config = load_config(ROOT / "systemd" / "config.toml.example")
+    unit = _unit_settings()
+    # The only writable place under ProtectSystem=strict is the StateDirectory=.
+    assert config.supervisor.state_dir == "/var/lib/" + unit["StateDirectory"][0]
+    assert config.supervisor.shutdown_timeout < float(unit["TimeoutStopSec"][0])
+    env = dict(
+        line.split("=", 1) for line in (ROOT / "systemd" / "env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    load = build_tenant_specs(config, config.raw_tenants, env)
+    assert load.errors == {} and len(load.specs) >= 1
+    assert all(value == "change-me" for value in env.values()), "placeholders only in env.example"
