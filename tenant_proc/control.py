@@ -1,0 +1,155 @@
+"""The tenant's side of supervision: signals, the parent's pipe, heartbeats, title, waiting.
+
+Signal handlers only record the signal; the wake-up fd makes any wait() return at once, so
+the loop notices a stop within one tick whatever it was waiting for.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import time
+from multiprocessing.connection import Connection
+from typing import Any, Iterable
+
+from ipc import protocol
+from tenant_proc.title import set_title
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class StopRequested(Exception):
+    """The parent asked us to stop (stop message, signal or pipe EOF)."""
+
+
+class Control:
+    def __init__(self, tenant_id: str, name: str, conn: Connection, heartbeat_interval: float) -> None:
+        self.tenant_id = tenant_id
+        self.name = name
+        self.conn = conn
+        self.heartbeat_interval = heartbeat_interval
+        self.state = "starting"
+        self.mode: str | None = None
+        self.counters = {"processed": 0, "failed": 0, "reconnects": 0, "logins": 0}
+        self.last_error: str | None = None
+        self.last_server_byte: float | None = None  # monotonic
+        self.stop_reason: str | None = None
+        self.signals_seen = 0
+        self._next_heartbeat = 0.0
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    # -- bootstrap -----------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """Replace what we inherited from the supervisor: its handlers must never run here."""
+        for sock in (self._wake_r, self._wake_w):
+            sock.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._on_stop_signal)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess (command handler) reaps its own
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # Python's default: EPIPE as an exception
+        signal.signal(signal.SIGALRM, _on_deadline)
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        self.signals_seen += 1
+        if self.signals_seen > 1:
+            # The second signal means "now": the loop may be blocked in a socket call.
+            os._exit(protocol.EXIT_OK)
+        self.stop_reason = self.stop_reason or signal.Signals(signum).name
+
+    def arm_shutdown_deadline(self, seconds: float) -> None:
+        """Whatever happens during a clean stop (a hung server, a slow handler), exit by then."""
+        signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> None:
+        if not protocol.send(self.conn, message):
+            self.stop_reason = self.stop_reason or "parent pipe closed"
+
+    def hello(self) -> None:
+        self.send(protocol.hello(self.tenant_id, os.getpid()))
+
+    def set_state(self, state: str, mode: str | None = None) -> None:
+        if mode is not None:
+            self.mode = mode
+        if state == self.state and mode is None:
+            return
+        self.state = state
+        set_title(self.name, state)
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        now = time.monotonic()
+        age = None if self.last_server_byte is None else round(now - self.last_server_byte, 3)
+        self.send(
+            protocol.heartbeat(self.state, self.mode, dict(self.counters), self.last_error, age)
+        )
+        self._next_heartbeat = now + self.heartbeat_interval
+
+    def heartbeat_if_due(self) -> None:
+        if time.monotonic() >= self._next_heartbeat:
+            self.heartbeat()
+
+    def server_spoke(self) -> None:
+        self.last_server_byte = time.monotonic()
+
+    # -- stopping and waiting ------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_reason is not None
+
+    def check(self) -> None:
+        """Between messages: heartbeat on time, notice a stop. Raises StopRequested."""
+        self._drain_parent()
+        self.heartbeat_if_due()
+        if self.stopping:
+            raise StopRequested(self.stop_reason)
+
+    def wait(self, fds: Iterable[Any], timeout: float) -> bool:
+        """Wait up to timeout for one of fds, the parent or a signal; True if an fd is ready.
+
+        Heartbeats go out on time meanwhile. Raises StopRequested when asked to stop.
+        """
+        extra = [fd if isinstance(fd, int) else fd.fileno() for fd in fds]
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            self.check()
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            slice_ = min(deadline, self._next_heartbeat) - now
+            readable, _, _ = select.select(
+                [self._wake_r, self.conn, *extra], [], [], max(slice_, 0.0)
+            )
+            if self._wake_r in readable:
+                self._drain_wakeup()
+            if any(fd in readable for fd in extra):
+                self.check()
+                return True
+
+    def sleep(self, seconds: float) -> None:
+        self.wait((), seconds)
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _drain_parent(self) -> None:
+        try:
+            while self.conn.poll(0):
+                message = protocol.receive(self.conn)
+                if message is not None and message["type"] == "stop":
+                    self.stop_reason = self.stop_reason or "stop message"
+        except (EOFError, OSError):
+            self.stop_reason = self.stop_reason or "parent pipe closed"
+
+
+def _on_deadline(signum: int, frame: Any) -> None:
+    os._exit(protocol.EXIT_OK)  # shutdown_timeout passed during a clean stop

@@ -1,0 +1,99 @@
+"""Handlers shipped with the product. Each is called as handler(email, context)."""
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tenant_proc.handler_loader import HandlerContext
+from tenant_proc.message import Email
+
+DEFAULT_COMMAND_TIMEOUT = 60.0
+
+
+def jsonl(email: Email, context: HandlerContext) -> None:
+    """Append one JSON line per email to options["path"].
+
+    Many tenant processes append to the same file: one os.write of the whole line on an
+    O_APPEND descriptor, under an exclusive flock, so lines never interleave.
+    """
+    path = _resolve_path(context, context.options["path"])
+    line = orjson.dumps(_jsonl_record(email)) + b"\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        written = os.write(fd, line)
+        if written != len(line):
+            raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _jsonl_record(email: Email) -> dict[str, Any]:
+    return {
+        "tenant_id": email.tenant_id,
+        "folder": email.folder,
+        "uid": email.uid,
+        "uidvalidity": email.uidvalidity,
+        "message_id": email.message_id,
+        "subject": email.subject,
+        "from": email.from_,
+        "to": email.to,
+        "received_at": email.received_at,
+        "detected_at": email.detected_at,
+        "handled_at": time.time(),
+        "size": email.size,
+        "truncated": email.truncated,
+        "attachments": [a.get("name") for a in email.attachments],
+    }
+
+
+def _resolve_path(context: HandlerContext, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(context.base_dir) / path
+
+
+def log(email: Email, context: HandlerContext) -> None:
+    context.logger.info(
+        "email uid %d %s from %s: %s", email.uid, email.message_id, email.from_, email.subject
+    )
+
+
+def command(email: Email, context: HandlerContext) -> None:
+    """Run options["argv"] with the raw message on stdin; a non-zero exit retries the email."""
+    argv = context.options.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise ValueError("command handler needs options argv = [program, args...]")
+    timeout = float(context.options.get("timeout", DEFAULT_COMMAND_TIMEOUT))
+    env = dict(os.environ)
+    env.update(
+        IDLE_TENANT_ID=email.tenant_id,
+        IDLE_UID=str(email.uid),
+        IDLE_UIDVALIDITY=str(email.uidvalidity),
+        IDLE_MESSAGE_ID=email.message_id or "",
+        IDLE_FOLDER=email.folder,
+    )
+    result = subprocess.run(
+        argv,
+        input=email.raw,
+        env=env,
+        cwd=context.base_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=timeout,  # on expiry the child is killed and TimeoutExpired raised: a retry
+        check=False,
+    )
+    if result.returncode != 0:
+        detail = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        tail = f": {detail[-1][:200]}" if detail else ""
+        raise RuntimeError(f"{argv[0]} exited with {result.returncode}{tail}")
+
+
+def null(email: Email, context: HandlerContext) -> None:
+    """Does nothing: measures the supervisor without handler cost."""

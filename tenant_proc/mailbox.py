@@ -1,0 +1,216 @@
+"""Everything above the checkpoint: fetch in batches, parse, hand over, advance.
+
+The checkpoint moves only after the handler returned (or the email was given up on after
+max_attempts), one UID at a time in UID order, so a crash at any point loses nothing and
+processes nothing twice.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterator
+
+from imapclient import IMAPClient
+
+from ipc import protocol
+from tenant_proc.control import Control
+from tenant_proc.handler_loader import LoadedHandler
+from tenant_proc.message import Envelope, parse_email
+from tenant_proc.spec import TenantSpec
+from tenant_proc.store_api import Checkpoint, StateStore
+
+
+@dataclass
+class Notice:
+    """When the tenant noticed new mail: the start of the latency clock."""
+
+    wall: float
+    mono: float
+
+    @classmethod
+    def now(cls) -> "Notice":
+        return cls(time.time(), time.monotonic())
+
+
+class Mailbox:
+    def __init__(
+        self, spec: TenantSpec, store: StateStore, handler: LoadedHandler, control: Control,
+        log: logging.LoggerAdapter,
+    ) -> None:
+        self.spec = spec
+        self.store = store
+        self.handler = handler
+        self.control = control
+        self.log = log
+        self.checkpoint: Checkpoint | None = None
+        self.retry_uid: int | None = None
+        self.retry_at: float | None = None  # monotonic; None when nothing waits for a retry
+
+    # -- checkpoint ----------------------------------------------------------------------
+
+    def sync_checkpoint(self, client: IMAPClient, select_info: dict[bytes, Any]) -> Checkpoint:
+        """Load the checkpoint, or create it on first start / after a UIDVALIDITY change."""
+        uidvalidity = int(select_info[b"UIDVALIDITY"])
+        saved = self.store.load_checkpoint(self.spec.id, self.spec.folder)
+        if saved is not None and saved.uidvalidity == uidvalidity:
+            self.checkpoint = saved
+            return saved
+        uidnext = _uidnext(client, self.spec.folder, select_info)
+        if saved is not None:
+            self.log.warning(
+                "UIDVALIDITY of %s changed from %d to %d: restarting from UID %d",
+                self.spec.folder, saved.uidvalidity, uidvalidity, uidnext,
+            )
+            start = uidnext - 1
+        else:
+            start = self._first_start(client, uidnext)
+        self.checkpoint = Checkpoint(uidvalidity, start)
+        self.store.save_checkpoint(self.spec.id, self.spec.folder, self.checkpoint)
+        self._clear_retry()
+        return self.checkpoint
+
+    def _first_start(self, client: IMAPClient, uidnext: int) -> int:
+        backfill = self.spec.imap.backfill
+        if backfill == "all":
+            return 0
+        if backfill == "unseen":
+            unseen = client.search(["UNSEEN"])
+            return min(unseen) - 1 if unseen else uidnext - 1
+        return uidnext - 1
+
+    # -- catch up ------------------------------------------------------------------------
+
+    def catch_up(self, client: IMAPClient, notice: Notice) -> None:
+        """Process every UID above the checkpoint (stops early if a handler asks for a retry)."""
+        assert self.checkpoint is not None, "sync_checkpoint first"
+        last = self.checkpoint.last_uid
+        # "n:*" always includes the highest UID, even when it is below n.
+        uids = sorted(u for u in client.search(["UID", f"{last + 1}:*"]) if u > last)
+        if not uids:
+            self._clear_retry()
+            return
+        self.control.set_state("processing")
+        for batch in _chunks(uids, self.spec.imap.batch_size):
+            if not self._process_batch(client, batch, notice):
+                return
+
+    def _process_batch(self, client: IMAPClient, batch: list[int], notice: Notice) -> bool:
+        """False when a retry is pending: later UIDs wait so the checkpoint never skips one."""
+        messages = self._fetch(client, batch)
+        for uid in batch:
+            self.control.check()
+            if self.retry_uid == uid and self.retry_at is not None and time.monotonic() < self.retry_at:
+                return False
+            data = messages.get(uid)
+            if data is None:
+                self.log.debug("uid %d vanished before FETCH; skipping it", uid)
+                self._advance(uid)
+                continue
+            if not self._handle(uid, data, notice):
+                return False
+        return True
+
+    def _fetch(self, client: IMAPClient, batch: list[int]) -> dict[int, dict[bytes, Any]]:
+        """Bodies with BODY.PEEK (never sets \\Seen); headers only for oversized messages."""
+        sizes = client.fetch(batch, ["RFC822.SIZE"])
+        limit = self.spec.imap.max_message_bytes
+        small = [u for u in batch if u in sizes and int(sizes[u][b"RFC822.SIZE"]) <= limit]
+        large = [u for u in batch if u in sizes and u not in small]
+        messages: dict[int, dict[bytes, Any]] = {}
+        if small:
+            messages.update(client.fetch(small, ["BODY.PEEK[]", "INTERNALDATE", "RFC822.SIZE"]))
+        if large:
+            messages.update(
+                client.fetch(large, ["BODY.PEEK[HEADER]", "INTERNALDATE", "RFC822.SIZE"])
+            )
+        return messages
+
+    def _handle(self, uid: int, data: dict[bytes, Any], notice: Notice) -> bool:
+        spec = self.spec
+        assert self.checkpoint is not None
+        uidvalidity = self.checkpoint.uidvalidity
+        if self.store.is_done(spec.id, spec.folder, uidvalidity, uid):
+            self._advance(uid)  # finished before a crash the backend could not make atomic
+            return True
+        truncated = b"BODY[]" not in data
+        raw = data.get(b"BODY[]") if not truncated else data.get(b"BODY[HEADER]")
+        email = parse_email(
+            raw or b"",
+            Envelope(
+                tenant_id=spec.id, folder=spec.folder, uid=uid, uidvalidity=uidvalidity,
+                size=int(data.get(b"RFC822.SIZE", 0)), received_at=_epoch(data.get(b"INTERNALDATE")),
+                detected_at=notice.wall, truncated=truncated,
+            ),
+        )
+        try:
+            self.handler(email)
+        except Exception as exc:
+            return self._handler_failed(uid, email.message_id, exc, notice)
+        latency = time.monotonic() - notice.mono
+        self.store.mark_done(spec.id, spec.folder, uidvalidity, uid, email.message_id, "processed")
+        self._advance(uid, persist=False)
+        self.control.counters["processed"] += 1
+        self.log.info("processed uid %d %s in %.3fs", uid, email.message_id, latency)
+        self.control.send(protocol.processed(uid, uidvalidity, email.message_id, "processed", latency))
+        return True
+
+    def _handler_failed(self, uid: int, message_id: str | None, exc: Exception, notice: Notice) -> bool:
+        spec = self.spec
+        assert self.checkpoint is not None
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        attempts = self.store.record_attempt_failure(
+            spec.id, spec.folder, self.checkpoint.uidvalidity, uid, message_id, error
+        )
+        self.log.warning(
+            "handler failed on uid %d (attempt %d/%d): %s", uid, attempts, spec.imap.max_attempts, error
+        )
+        self.control.last_error = f"handler: {error}"[:200]
+        if attempts < spec.imap.max_attempts:
+            self.retry_uid = uid
+            self.retry_at = time.monotonic() + spec.imap.retry_interval
+            return False
+        latency = time.monotonic() - notice.mono
+        self.store.mark_done(
+            spec.id, spec.folder, self.checkpoint.uidvalidity, uid, message_id, "failed", error
+        )
+        self._advance(uid, persist=False)
+        self.control.counters["failed"] += 1
+        self.log.error("gave up on uid %d %s after %d attempts: %s", uid, message_id, attempts, error)
+        self.control.send(
+            protocol.processed(uid, self.checkpoint.uidvalidity, message_id, "failed", latency)
+        )
+        return True
+
+    def _advance(self, uid: int, persist: bool = True) -> None:
+        """Move the checkpoint past uid; persist=False when mark_done already stored it."""
+        assert self.checkpoint is not None
+        if uid > self.checkpoint.last_uid:
+            self.checkpoint = Checkpoint(self.checkpoint.uidvalidity, uid)
+            if persist:
+                self.store.save_checkpoint(self.spec.id, self.spec.folder, self.checkpoint)
+        if self.retry_uid is not None and uid >= self.retry_uid:
+            self._clear_retry()
+
+    def _clear_retry(self) -> None:
+        self.retry_uid = None
+        self.retry_at = None
+
+
+def _uidnext(client: IMAPClient, folder: str, select_info: dict[bytes, Any]) -> int:
+    if b"UIDNEXT" in select_info:
+        return int(select_info[b"UIDNEXT"])
+    return int(client.folder_status(folder, ["UIDNEXT"])[b"UIDNEXT"])
+
+
+def _epoch(value: Any) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return 0.0
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    size = max(size, 1)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

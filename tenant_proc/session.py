@@ -1,0 +1,321 @@
+"""One IMAP connection at a time: connect, log in, select, catch up, then IDLE or poll.
+
+Network trouble is handled here (backoff, reconnect); problems a restart cannot fix leave as
+FatalError so main() exits with the code that tells the supervisor not to fast-retry.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import select
+import socket
+import ssl
+import time
+from typing import Any
+
+from imapclient import IMAPClient, SocketTimeout
+from imapclient.exceptions import CapabilityError, IMAPClientError, LoginError
+from imapclient.imapclient import _parse_untagged_response
+
+from tenant_proc.control import Control, StopRequested
+from tenant_proc.mailbox import Mailbox, Notice
+from tenant_proc.spec import TenantSpec
+from tenant_proc.store_api import StoreError
+
+BACKOFF_START = 1.0
+PROBE_TIMEOUT = 15.0  # a live server answers DONE in milliseconds
+NEW_MAIL = (b"EXISTS", b"RECENT")
+SECURITY_LABELS = {"tls": "TLS", "starttls": "STARTTLS", "plain": "plain text"}
+
+
+class FatalError(Exception):
+    """A restart cannot fix this: kind is "auth" or "config", reason one line, no secrets."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+class ConnectionLost(Exception):
+    """The server went away without an error of its own (EOF, BYE, silence)."""
+
+
+# imaplib.IMAP4.abort (BYE, EOF) is an IMAPClientError; ssl errors are OSErrors.
+RECONNECT_ERRORS = (OSError, IMAPClientError, ConnectionLost, StoreError)
+
+
+class Session:
+    def __init__(self, spec: TenantSpec, control: Control, mailbox: Mailbox, log: logging.LoggerAdapter) -> None:
+        self.spec = spec
+        self.control = control
+        self.mailbox = mailbox
+        self.log = log
+        self.client: IMAPClient | None = None
+        self.idling = False
+        self.next_reconcile = 0.0
+
+    def run(self) -> None:
+        """Serve until asked to stop (returns) or a FatalError (raised)."""
+        backoff = BACKOFF_START
+        while True:
+            try:
+                self._connect()
+                backoff = BACKOFF_START
+                self._serve()
+            except StopRequested:
+                self._logout()
+                return
+            except FatalError:
+                self._drop()
+                raise
+            except RECONNECT_ERRORS as exc:
+                self._drop()
+                try:
+                    self._back_off(exc, backoff)
+                except StopRequested:
+                    return
+                backoff = min(backoff * 2, self.spec.imap.reconnect_backoff_max)
+
+    def _back_off(self, exc: BaseException, delay: float) -> None:
+        """BACKOFF -> CONNECTING after a jittered delay; a stop while waiting just returns."""
+        control = self.control
+        control.check()  # the error may be the stop itself (e.g. a signal during a read)
+        control.counters["reconnects"] += 1
+        control.last_error = _short_error(exc)
+        delay *= random.uniform(0.8, 1.2)  # many tenants on one server must not reconnect in step
+        self.log.warning("%s; reconnecting in %.1fs", control.last_error, delay)
+        control.set_state("backoff")
+        control.sleep(delay)
+
+    # -- connecting ----------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        spec = self.spec
+        self.control.set_state("connecting")
+        self._check_policy()
+        context = ssl.create_default_context(cafile=spec.ca_file) if spec.security != "plain" else None
+        timeout = SocketTimeout(connect=spec.imap.connect_timeout, read=spec.imap.command_timeout)
+        try:
+            client = IMAPClient(spec.host, spec.port, ssl=spec.security == "tls", ssl_context=context, timeout=timeout)
+            self.client = client
+            if spec.security == "starttls":
+                client.starttls(context)
+        except ssl.SSLCertVerificationError as exc:
+            reason = exc.verify_message or str(exc)
+            raise FatalError("config", f"certificate verification failed for {spec.host}:{spec.port}: {reason}") from None
+        except CapabilityError:
+            raise FatalError("config", f"{spec.host}:{spec.port} does not offer STARTTLS") from None
+        _tune_socket(client.socket())
+        self.control.server_spoke()
+        self.log.info("connected to %s:%d (%s)", spec.host, spec.port, SECURITY_LABELS[spec.security])
+        self._login(client)
+        select_info = self._select(client)
+        self.control.last_error = None
+        self.mailbox.sync_checkpoint(client, select_info)
+
+    def _check_policy(self) -> None:
+        spec = self.spec
+        if spec.security == "plain" and not spec.allow_insecure and not _is_loopback(spec.host):
+            raise FatalError(
+                "config",
+                f"refusing plain-text IMAP to non-loopback host {spec.host}: "
+                "use tls or starttls, or set allow_insecure",
+            )
+
+    def _login(self, client: IMAPClient) -> None:
+        spec = self.spec
+        try:
+            client.login(spec.username, spec.password.reveal())
+        except LoginError as exc:
+            if "[UNAVAILABLE]" in str(exc):  # the server's auth backend is down: retry later
+                raise ConnectionLost(f"login temporarily unavailable: {exc}") from None
+            raise FatalError("auth", f"login failed for {spec.username} at {spec.host}:{spec.port}: {exc}") from None
+        self.control.counters["logins"] += 1
+
+    def _select(self, client: IMAPClient) -> dict[bytes, Any]:
+        # EXAMINE (read-only): processing mail can never change its flags.
+        try:
+            return client.select_folder(self.spec.folder, readonly=True)
+        except IMAPClientError:
+            if not client.folder_exists(self.spec.folder):
+                raise FatalError("config", f"folder {self.spec.folder!r} does not exist") from None
+            raise
+
+    # -- serving -------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        assert self.client is not None
+        self._catch_up(Notice.now())
+        if self.client.has_capability("IDLE"):
+            self.log.info("IDLE active")
+            self._idle_loop()
+        else:
+            self.log.info("polling every %gs (server has no IDLE)", self.spec.imap.poll_interval)
+            self._poll_loop()
+
+    def _catch_up(self, notice: Notice) -> None:
+        assert self.client is not None
+        self.mailbox.catch_up(self.client, notice)
+        self.control.server_spoke()
+        self.next_reconcile = time.monotonic() + self.spec.imap.reconcile_interval
+
+    def _poll_loop(self) -> None:
+        assert self.client is not None
+        interval = self.spec.imap.poll_interval
+        next_poll = time.monotonic() + interval
+        while True:
+            self.control.set_state("polling", mode="poll")
+            wake = min(next_poll, self.mailbox.retry_at or next_poll)
+            self.control.wait((), wake - time.monotonic())
+            if time.monotonic() < wake:
+                continue
+            self.client.noop()
+            self._catch_up(Notice.now())
+            next_poll = time.monotonic() + interval
+
+    def _idle_loop(self) -> None:
+        while True:
+            reason, notice = self._idle_once()
+            if reason != "reissue":
+                self._catch_up(notice)
+
+    def _idle_once(self) -> tuple[str, Notice]:
+        """IDLE until there is a reason to leave it; returns (reason, when mail was noticed)."""
+        client = self.client
+        assert client is not None
+        client.idle()
+        self.idling = True
+        started = time.monotonic()
+        self.control.set_state("idle", mode="idle")
+        notice = Notice.now() if _has_new_mail(self._read_pending()) else None
+        reason = "mail"
+        while notice is None:
+            reason, due = self._next_idle_deadline(started)
+            now = time.monotonic()
+            if now >= due:
+                break
+            if self.control.wait([client.socket()], due - now) and _has_new_mail(self._read_pending()):
+                notice, reason = Notice.now(), "mail"
+        self._leave_idle(probe=reason == "dead")
+        return reason, notice or Notice.now()
+
+    def _next_idle_deadline(self, started: float) -> tuple[str, float]:
+        imap = self.spec.imap
+        last_byte = self.control.last_server_byte or started
+        deadlines = [
+            ("reissue", started + imap.idle_timeout),
+            ("dead", last_byte + imap.dead_after),
+            ("reconcile", self.next_reconcile),
+        ]
+        if self.mailbox.retry_at is not None:
+            deadlines.append(("retry", self.mailbox.retry_at))
+        return min(deadlines, key=lambda item: item[1])
+
+    def _leave_idle(self, probe: bool) -> None:
+        """DONE. After a long silence this doubles as the liveness probe: no answer, reconnect."""
+        client = self.client
+        assert client is not None
+        if probe:
+            self.log.debug("no data from the server for %gs: probing", self.spec.imap.dead_after)
+            client.socket().settimeout(min(PROBE_TIMEOUT, self.spec.imap.command_timeout))
+        client.idle_done()
+        self.idling = False
+        self.control.server_spoke()
+        client.socket().settimeout(self.spec.imap.command_timeout)
+
+    def _read_pending(self) -> list[Any]:
+        """Read every complete line the server has sent while idling.
+
+        imaplib reads through a buffered file, so a line can sit in that buffer (or in the TLS
+        layer) while the socket itself is not readable; idle_check() would leave it there until
+        the next timeout. Unlike idle_check() this also tells EOF apart from "nothing yet".
+        """
+        client = self.client
+        assert client is not None
+        responses: list[Any] = []
+        while _line_waiting(client):
+            line = client._imap._get_line()  # blocking, bounded by the socket's read timeout
+            self.control.server_spoke()
+            response = _parse_untagged_response(line)
+            if response and response[0] == b"BYE":
+                raise ConnectionLost(f"server said BYE: {response[1].decode('utf-8', 'replace')}")
+            responses.append(response)
+        return responses
+
+    # -- leaving -------------------------------------------------------------------------
+
+    def _logout(self) -> None:
+        """Clean stop: DONE, LOGOUT, each bounded by a short socket timeout."""
+        client = self.client
+        if client is None:
+            return
+        try:
+            client.socket().settimeout(max(0.1, min(5.0, self.spec.shutdown_timeout / 2)))
+            if self.idling:
+                client.idle_done()
+                self.idling = False
+            client.logout()
+            self.log.info("logged out")
+        except Exception as exc:  # the stop goes on whatever the server does
+            self.log.info("logout incomplete: %s", _short_error(exc))
+            self._drop()
+        self.client = None
+
+    def _drop(self) -> None:
+        """Close the socket without talking to the server (it is gone or misbehaving)."""
+        if self.client is not None:
+            try:
+                self.client.shutdown()
+            except Exception:
+                pass
+        self.client = None
+        self.idling = False
+
+
+def _line_waiting(client: IMAPClient) -> bool:
+    """True if a line is buffered or arriving; ConnectionLost on EOF. Never blocks."""
+    sock = client.socket()
+    readable = bool(select.select([sock], [], [], 0)[0])
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        data = client._imap.file.peek(1)  # buffered bytes, else one non-blocking read
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return False
+    finally:
+        sock.settimeout(timeout)
+    if data:
+        return True
+    if readable:  # readable yet nothing to read: the server closed the connection
+        raise ConnectionLost("server closed the connection")
+    return False
+
+
+def _has_new_mail(responses: list[Any]) -> bool:
+    return any(len(r) >= 2 and r[1] in NEW_MAIL for r in responses if isinstance(r, tuple))
+
+
+def _tune_socket(sock: socket.socket) -> None:
+    """Find a silently dead peer even when we only listen (NAT boxes drop quiet flows)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+    # Unacknowledged data (or keepalives) for 2 minutes: the kernel gives up on the peer.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 120_000)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _short_error(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__

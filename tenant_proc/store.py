@@ -1,0 +1,184 @@
+"""Checkpoints and the processed/failed ledger in SQLite, shared by every tenant process.
+
+Many processes write the same file, so: WAL (readers never block the writer), a 5 s busy
+timeout, and short transactions. The connection is opened inside the tenant process, after the
+fork, never inherited.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from tenant_proc.spec import TenantSpec
+from tenant_proc.store_api import Checkpoint, StateStore, StoreError
+
+DB_NAME = "checkpoints.sqlite3"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    tenant_id TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    last_uid INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (tenant_id, folder)
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    tenant_id TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    message_id TEXT,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (tenant_id, folder, uidvalidity, uid)
+);
+"""
+
+# Only statuses that finish a UID are "done"; "retrying" rows just count attempts.
+DONE_STATUSES = ("processed", "failed")
+
+
+def open_store(spec: TenantSpec) -> StateStore:
+    if spec.state.backend == "supabase":
+        # Imported lazily: the SQLite path must not need the supabase package installed.
+        from tenant_proc.store_supabase import SupabaseStore
+
+        key = spec.state.supabase_key.reveal() if spec.state.supabase_key else ""
+        return SupabaseStore(spec.state.supabase_url, key)
+    return SqliteStore(Path(spec.state.state_dir) / DB_NAME)
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        _prepare_file(path)
+        try:
+            # isolation_level=None: we write BEGIN/COMMIT ourselves so each call is one transaction.
+            self._db = sqlite3.connect(str(path), timeout=5.0, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL is durable across crashes of a process
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {path}: {exc}") from None
+
+    def load_checkpoint(self, tenant_id: str, folder: str) -> Checkpoint | None:
+        row = self._query_one(
+            "SELECT uidvalidity, last_uid FROM checkpoints WHERE tenant_id = ? AND folder = ?",
+            (tenant_id, folder),
+        )
+        return Checkpoint(row[0], row[1]) if row else None
+
+    def save_checkpoint(self, tenant_id: str, folder: str, checkpoint: Checkpoint) -> None:
+        self._write(
+            [
+                (
+                    "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, folder) "
+                    "DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid, "
+                    "updated_at = excluded.updated_at",
+                    (tenant_id, folder, checkpoint.uidvalidity, checkpoint.last_uid, time.time()),
+                )
+            ]
+        )
+
+    def mark_done(
+        self,
+        tenant_id: str,
+        folder: str,
+        uidvalidity: int,
+        uid: int,
+        message_id: str | None,
+        status: str,
+        error: str | None = None,
+    ) -> None:
+        now = time.time()
+        self._write(
+            [
+                # A row already done stays as it is: mark_done is idempotent.
+                (
+                    "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?) "
+                    "ON CONFLICT (tenant_id, folder, uidvalidity, uid) DO UPDATE SET "
+                    "message_id = excluded.message_id, status = excluded.status, "
+                    "error = excluded.error, updated_at = excluded.updated_at "
+                    "WHERE ledger.status NOT IN ('processed', 'failed')",
+                    (tenant_id, folder, uidvalidity, uid, message_id, status, error, now),
+                ),
+                # Forward only, and only within the same UIDVALIDITY.
+                (
+                    "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, folder) "
+                    "DO UPDATE SET last_uid = max(last_uid, excluded.last_uid), "
+                    "updated_at = excluded.updated_at "
+                    "WHERE checkpoints.uidvalidity = excluded.uidvalidity",
+                    (tenant_id, folder, uidvalidity, uid, now),
+                ),
+            ]
+        )
+
+    def record_attempt_failure(
+        self, tenant_id: str, folder: str, uidvalidity: int, uid: int,
+        message_id: str | None, error: str,
+    ) -> int:
+        self._write(
+            [
+                (
+                    "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, 'retrying', 1, ?, ?) "
+                    "ON CONFLICT (tenant_id, folder, uidvalidity, uid) DO UPDATE SET "
+                    "attempts = ledger.attempts + 1, error = excluded.error, "
+                    "updated_at = excluded.updated_at",
+                    (tenant_id, folder, uidvalidity, uid, message_id, error, time.time()),
+                )
+            ]
+        )
+        row = self._query_one(
+            "SELECT attempts FROM ledger WHERE tenant_id = ? AND folder = ? AND uidvalidity = ? "
+            "AND uid = ?",
+            (tenant_id, folder, uidvalidity, uid),
+        )
+        return int(row[0]) if row else 1
+
+    def is_done(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> bool:
+        row = self._query_one(
+            "SELECT status FROM ledger WHERE tenant_id = ? AND folder = ? AND uidvalidity = ? "
+            "AND uid = ?",
+            (tenant_id, folder, uidvalidity, uid),
+        )
+        return bool(row) and row[0] in DONE_STATUSES
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _query_one(self, sql: str, params: tuple) -> tuple | None:
+        try:
+            return self._db.execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"checkpoint store read failed: {exc}") from None
+
+    def _write(self, statements: list[tuple[str, tuple]]) -> None:
+        """Run statements in one IMMEDIATE transaction (takes the write lock up front)."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    self._db.execute(sql, params)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"checkpoint store write failed: {exc}") from None
+
+
+def _prepare_file(path: Path) -> None:
+    """Create the state dir 0700 and the database 0600: the ledger names senders and subjects."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"cannot create {path}: {exc}") from None
