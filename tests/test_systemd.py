@@ -1,7 +1,6 @@
 """The systemd unit, the Railway start command and supervisor.sdnotify, on real sockets."""
 from __future__ import annotations
 
-import ctypes
 import json
 import multiprocessing
 import os
