@@ -100,6 +100,9 @@ def test_unit_keeps_what_the_supervisor_relies_on() -> None:
     assert s["StateDirectory"] == ["idle-supervisor"]
     # 1,000 tenants need more than the default soft limit of 1024 descriptors.
     assert int(s["LimitNOFILE"][0]) >= 4096
+    # Config errors exit with this code; systemd must not retry them every RestartSec.
+    from supervisor.cli import EXIT_USAGE
+    assert str(EXIT_USAGE) in s["RestartPreventExitStatus"][0].split()
     argv = shlex.split(s["ExecStart"][0])
     assert argv[1:3] == ["run", "--config"], argv
 
