@@ -1,0 +1,67 @@
+"""One way to make a supabase-py client, and one way to turn its errors into a safe line.
+
+Used by the supervisor's tenant source and by each tenant process (store and handler). Each
+process calls make_client() itself, after the fork: an HTTP connection pool shared across a
+fork would interleave two processes' bytes on one socket.
+"""
+from __future__ import annotations
+
+import httpx
+from postgrest.exceptions import APIError
+from supabase import Client, ClientOptions, create_client
+
+# Bounded, so a dead or black-holed Supabase costs the caller seconds, not minutes:
+# connect fails fast (nothing to wait for), a slow answer gets a little longer.
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 15.0
+
+
+def make_client(url: str, key: str, timeout: float = READ_TIMEOUT) -> Client:
+    """A client with no hidden retries (callers retry on their own schedule) and bounded waits."""
+    http = httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
+        follow_redirects=True,
+    )
+    options = ClientOptions(
+        # supabase-py would otherwise retry GETs three times (1 + 2 + 4 s) on connect errors.
+        postgrest_client_retry=False,
+        # Our own httpx client: the only non-deprecated way to set the timeout in supabase-py 2.x.
+        httpx_client=http,
+    )
+    return create_client(url, key, options)
+
+
+def describe_error(exc: BaseException, key: str | None = None) -> str:
+    """One line for a log or an exception, never containing the key.
+
+    httpx and postgrest messages can carry the request URL or a response body; neither should
+    contain the key (it travels in headers), but a proxy echoing headers or a URL pasted with a
+    key in it must not leak it either, so the key is scrubbed from whatever we say.
+    """
+    if isinstance(exc, APIError):
+        parts = [f"API error {exc.code}" if exc.code else "API error"]
+        if exc.message:
+            parts.append(str(exc.message))
+        if exc.details and isinstance(exc.details, str) and len(exc.details) < 200:
+            parts.append(f"({exc.details})")
+        text = ": ".join(parts[:2]) + (" " + parts[2] if len(parts) > 2 else "")
+    elif isinstance(exc, httpx.TimeoutException):
+        text = f"timed out ({type(exc).__name__})"
+    elif isinstance(exc, httpx.ConnectError):
+        text = f"cannot connect ({_first_line(exc) or 'connection refused'})"
+    elif isinstance(exc, httpx.HTTPError):
+        text = f"{type(exc).__name__}: {_first_line(exc)}"
+    else:
+        text = f"{type(exc).__name__}: {_first_line(exc)}"
+    return scrub(" ".join(text.split()), key)
+
+
+def scrub(text: str, key: str | None) -> str:
+    if key:
+        text = text.replace(key, "***")
+    return text
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
