@@ -58,13 +58,18 @@ def make_spec(
     )
 
 
+def _child_entry(spec: TenantSpec, child_conn: Connection, parent_conn: Connection, parent_pid: int) -> None:
+    parent_conn.close()  # as the supervisor does: else closing our end never reaches the child as EOF
+    run_tenant(spec, child_conn, parent_pid)
+
+
 class Tenant:
     """One forked tenant process plus everything it sent us."""
 
     def __init__(self, spec: TenantSpec) -> None:
         self.spec = spec
         self.conn, child_conn = FORK.Pipe()
-        self.proc = FORK.Process(target=run_tenant, args=(spec, child_conn, os.getpid()))
+        self.proc = FORK.Process(target=_child_entry, args=(spec, child_conn, self.conn, os.getpid()))
         self.proc.start()
         child_conn.close()
         self.messages: list[dict[str, Any]] = []
@@ -157,3 +162,166 @@ def test_idle_delivery(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
     heartbeat = tenant.wait_for(lambda m: m["type"] == "heartbeat" and m["counters"]["processed"] == 1)
     assert heartbeat["mode"] == "idle" and heartbeat["counters"]["logins"] == 1
     assert tenant.stop() == protocol.EXIT_OK
+
+
+def test_backfill_none_skips_old_mail(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
+    dovecot.deliver("alice", make_message("old"))
+    tenant = tenants(make_spec(dovecot, tmp_path, backfill="none"))
+    tenant.wait_state("idle")
+    dovecot.deliver("alice", make_message("new"))
+    wait_lines(tmp_path, 1)
+    time.sleep(0.3)  # give a wrongly processed old mail the chance to show up
+    assert [line["subject"] for line in jsonl_lines(tmp_path)] == ["new"]
+
+
+def test_backfill_all_processes_old_mail(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
+    for subject in ("old-1", "old-2"):
+        dovecot.deliver("alice", make_message(subject))
+    tenant = tenants(make_spec(dovecot, tmp_path, backfill="all"))
+    lines = wait_lines(tmp_path, 2)
+    assert [line["subject"] for line in lines] == ["old-1", "old-2"]
+    tenant.wait_state("idle")
+
+
+def test_processing_does_not_set_seen(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
+    dovecot.deliver("alice", make_message("unread"))
+    tenants(make_spec(dovecot, tmp_path, backfill="all"))
+    wait_lines(tmp_path, 1)
+    context = ssl.create_default_context(cafile=str(dovecot.ca_file))
+    with IMAPClient(dovecot.host, dovecot.imaps_port, ssl_context=context, timeout=5) as client:
+        client.login("alice", dovecot.users["alice"])
+        client.select_folder("INBOX", readonly=True)
+        flags = client.get_flags(client.search(["ALL"]))
+    assert flags and all(b"\\Seen" not in f for f in flags.values())
+
+
+def test_poll_mode_without_idle(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
+    tenant = tenants(make_spec(dovecot, tmp_path, host="127.0.0.2", poll_interval=1.0))
+    beat = tenant.wait_state("polling")
+    assert beat["mode"] == "poll"
+    dovecot.deliver("alice", make_message("polled"))
+    assert wait_lines(tmp_path, 1)[0]["subject"] == "polled"
+    assert tenant.stop() == protocol.EXIT_OK
+
+
+def test_starttls(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
+    tenant = tenants(make_spec(dovecot, tmp_path, security="starttls"))
+    tenant.wait_state("idle")
+    dovecot.deliver("alice", make_message("via starttls"))
+    assert wait_lines(tmp_path, 1)[0]["subject"] == "via starttls"
+
+
+def test_checkpoint_resume_processes_missed_mail_once(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
+    spec = make_spec(dovecot, tmp_path)
+    first = tenants(spec)
+    first.wait_state("idle")
+    dovecot.deliver("alice", make_message("while up"))
+    wait_lines(tmp_path, 1)
+    assert first.stop() == protocol.EXIT_OK
+    for n in range(3):
+        dovecot.deliver("alice", make_message(f"while down {n}"))
+    second = tenants(spec)
+    lines = wait_lines(tmp_path, 4)
+    second.wait_state("idle")
+    time.sleep(0.3)
+    lines = jsonl_lines(tmp_path)
+    assert [line["subject"] for line in lines] == ["while up"] + [f"while down {n}" for n in range(3)]
+    assert len({line["uid"] for line in lines}) == 4
+    assert len(second.processed()) == 3
+
+
+def test_poison_email_is_given_up_and_later_mail_processed(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
+    spec = make_spec(dovecot, tmp_path, target="tests.tenant_handlers:poison", max_attempts=3, retry_interval=0.2)
+    tenant = tenants(spec)
+    tenant.wait_state("idle")
+    dovecot.deliver("alice", make_message("POISON pill"))
+    failed = tenant.wait_for(lambda m: m["type"] == "processed" and m["status"] == "failed")
+    dovecot.deliver("alice", make_message("healthy"))
+    assert wait_lines(tmp_path, 1)[0]["subject"] == "healthy"
+    beat = tenant.wait_for(lambda m: m["type"] == "heartbeat" and m["counters"]["processed"] == 1)
+    assert beat["counters"]["failed"] == 1
+    assert "ValueError: boom" in beat["last_error"]
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "state" / "checkpoints.sqlite3")
+    row = db.execute("SELECT status, attempts, error FROM ledger WHERE uid = ?", (failed["uid"],)).fetchone()
+    assert row == ("failed", 3, "ValueError: boom")
+
+
+def test_server_kick_reconnects(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
+    tenant = tenants(make_spec(dovecot, tmp_path, reconnect_backoff_max=1.0))
+    tenant.wait_state("idle")
+    dovecot.kick("alice")
+    tenant.wait_state("backoff")
+    beat = tenant.wait_for(lambda m: m["type"] == "heartbeat" and m["state"] == "idle" and m["counters"]["logins"] == 2)
+    assert beat["counters"]["reconnects"] == 1
+    dovecot.deliver("alice", make_message("after kick"))
+    assert wait_lines(tmp_path, 1)[0]["subject"] == "after kick"
+
+
+def test_wrong_password_exits_auth(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
+    # Own address: Dovecot's auth penalty would slow the other tests' logins from 127.0.0.1.
+    tenant = tenants(make_spec(dovecot, tmp_path, host="127.0.0.3", password="wrong"))
+    fatal = tenant.wait_for(lambda m: m["type"] == "fatal", timeout=30)
+    assert fatal["kind"] == "auth" and "wrong" not in fatal["reason"]
+    tenant.proc.join(WAIT)
+    assert tenant.proc.exitcode == protocol.EXIT_AUTH
+
+
+def test_untrusted_certificate_exits_config(tmp_path: Path, tenants: Any) -> None:
+    with Dovecot(tmp_path / "dc", users={"alice": "alice-pw"}, trusted_cert=False) as dc:
+        tenant = tenants(make_spec(dc, tmp_path))
+        fatal = tenant.wait_for(lambda m: m["type"] == "fatal")
+        tenant.proc.join(WAIT)
+    assert fatal["kind"] == "config"
+    assert fatal["reason"].startswith(f"certificate verification failed for 127.0.0.1:{dc.imaps_port}")
+    assert tenant.proc.exitcode == protocol.EXIT_CONFIG
+
+
+def test_missing_folder_and_broken_handler_exit_config(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
+    spec = make_spec(dovecot, tmp_path)
+    missing = tenants(TenantSpec(**{**spec.__dict__, "folder": "Nope"}))
+    broken = tenants(make_spec(dovecot, tmp_path, target="tests.tenant_handlers:Broken"))
+    for tenant, words in ((missing, "'Nope' does not exist"), (broken, "RuntimeError: cannot start")):
+        fatal = tenant.wait_for(lambda m: m["type"] == "fatal")
+        assert fatal["kind"] == "config" and words in fatal["reason"]
+        tenant.proc.join(WAIT)
+        assert tenant.proc.exitcode == protocol.EXIT_CONFIG
+
+
+def test_stop_logs_out_and_exits_zero(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
+    tenant = tenants(make_spec(dovecot, tmp_path))
+    tenant.wait_state("idle")
+    assert dovecot.who() == ["alice"]
+    started = time.monotonic()
+    assert tenant.stop() == protocol.EXIT_OK
+    assert time.monotonic() - started < 2
+    deadline = time.monotonic() + WAIT
+    while dovecot.who() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dovecot.who() == []
+    log = dovecot.log_path.read_text()
+    assert "Logged out" in log
+
+
+@pytest.mark.parametrize("how", ["sigterm", "pipe-eof"])
+def test_signal_and_pipe_eof_stop_cleanly(dovecot: Dovecot, tmp_path: Path, tenants: Any, how: str) -> None:
+    tenant = tenants(make_spec(dovecot, tmp_path))
+    tenant.wait_state("idle")
+    if how == "sigterm":
+        tenant.proc.terminate()
+    else:
+        tenant.conn.close()
+    tenant.proc.join(WAIT)
+    assert tenant.proc.exitcode == protocol.EXIT_OK
+
+
+def test_process_title_shows_company_and_state(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
+    name = "Företag Å Bolaget AB"
+    tenant = tenants(make_spec(dovecot, tmp_path, name=name))
+    tenant.wait_state("idle")
+    pid = tenant.proc.pid
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    assert cmdline == f"{name} [idle] idle-supervisor"
+    comm = Path(f"/proc/{pid}/comm").read_bytes().rstrip(b"\n")
+    assert len(comm) <= 15 and comm.decode("utf-8") == "Företag Å Bol"
