@@ -1,0 +1,93 @@
+"""The parser never raises on hostile input and finds bodies, addresses and attachments."""
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.policy import SMTP
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tenant_proc.message import Envelope, parse_email
+
+ENV = Envelope("acme", "INBOX", 7, 42, 100, 1.0, 2.0)
+
+
+def test_plain_text() -> None:
+    raw = (
+        b"From: Alice <alice@example.com>\r\nTo: b@example.com, C <c@example.com>\r\n"
+        b"Cc: d@example.com\r\nSubject: Hello\r\n there\r\nMessage-ID: <m1@example.com>\r\n"
+        b"Date: Tue, 01 Oct 2024 10:00:00 +0200\r\n\r\nbody\r\n"
+    )
+    email = parse_email(raw, ENV)
+    assert email.subject == "Hello there"
+    assert email.from_ == "Alice <alice@example.com>"
+    assert email.to == ["b@example.com", "C <c@example.com>"]
+    assert email.cc == ["d@example.com"]
+    assert email.message_id == "<m1@example.com>"
+    assert email.date is not None and email.date.utcoffset().total_seconds() == 7200
+    assert email.text == "body\r\n" or email.text == "body\n"
+    assert email.html is None and email.attachments == []
+    assert (email.uid, email.uidvalidity, email.raw, email.size) == (7, 42, raw, 100)
+    assert (email.received_at, email.detected_at, email.truncated) == (1.0, 2.0, False)
+
+
+def test_multipart_alternative_and_attachment() -> None:
+    msg = EmailMessage()
+    msg["Subject"] = "Räksmörgås"
+    msg["From"] = "a@example.com"
+    msg.set_content("plain ü")
+    msg.add_alternative("<p>html ü</p>", subtype="html")
+    msg.add_attachment(b"\x00" * 10, maintype="application", subtype="pdf", filename="f.pdf")
+    email = parse_email(msg.as_bytes(policy=SMTP), ENV)
+    assert email.subject == "Räksmörgås"
+    assert email.text is not None and email.text.strip() == "plain ü"
+    assert email.html is not None and email.html.strip() == "<p>html ü</p>"
+    assert email.attachments == [{"name": "f.pdf", "content_type": "application/pdf", "size": 10}]
+
+
+def test_broken_charset_gives_replacement_characters() -> None:
+    raw = b"Subject: x\r\nContent-Type: text/plain; charset=x-no-such-charset\r\n\r\nbad \xff\xfe\r\n"
+    assert "\ufffd" in (parse_email(raw, ENV).text or "")
+    raw = b"Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nbad \xff\r\n"
+    assert "\ufffd" in (parse_email(raw, ENV).text or "")
+
+
+def test_eight_bit_header() -> None:
+    raw = b"Subject: F\xc3\xb6retag \xff\r\nFrom: \xe5\xe4 <x@example.com>\r\n\r\nhi\r\n"
+    email = parse_email(raw, ENV)
+    assert email.subject.startswith("F")
+    assert "x@example.com" in email.from_
+
+
+def test_empty_and_headerless() -> None:
+    for raw in (b"", b"\r\n", b"Subject: only headers\r\n"):
+        email = parse_email(raw, ENV)
+        assert email.message_id is None or isinstance(email.message_id, str)
+        assert email.text in (None, "")
+
+
+def test_malformed_mime_boundary() -> None:
+    raw = (
+        b"Subject: broken\r\nContent-Type: multipart/mixed; boundary=\"zz\"\r\n\r\n"
+        b"--zz\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!notbase64\r\n"
+        b"--zz\r\nContent-Type: application/octet-stream; name=\"a.bin\"\r\n"
+    )
+    email = parse_email(raw, ENV)
+    assert email.subject == "broken"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_garbage_never_raises(raw: bytes) -> None:
+    parse_email(raw, ENV)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([
+    b"Subject: =?utf-8?b?broken", b"From: <<<@@>", b"To: ,,,;", b"Date: yesterday",
+    b"Content-Type: multipart/alternative; boundary=b", b"--b", b"--b--",
+    b"Content-Type: text/html; charset=\"\xff\"", b"Content-Transfer-Encoding: quoted-printable",
+    b"=ZZ=\xff", b"", b"Message-ID: <<x>", b"Content-Disposition: attachment; filename*=utf-8''%ff",
+]), max_size=30))
+def test_hostile_mime_never_raises(lines: list[bytes]) -> None:
+    parse_email(b"\r\n".join(lines), ENV)
