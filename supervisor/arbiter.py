@@ -81,6 +81,10 @@ class Arbiter:
         return 0
 
     def initialize(self) -> None:
+        try:
+            resolve_target(self.config.handler.target)  # refuse to start on an unusable handler
+        except HandlerError as exc:
+            raise ConfigError(str(exc)) from None
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.pidfile.acquire()
         sdnotify.forget_notify_socket()  # children must never inherit NOTIFY_SOCKET
@@ -223,10 +227,10 @@ class Arbiter:
             load = load_tenants(self.config)
         except (SourceError, ConfigError, HandlerError) as exc:
             # Keep running what we have; try again soon (a source outage is usually short).
-            log.error("tenants not refreshed: %s", _one_line(exc))
-            self.next_refresh = now + min(self.config.supervisor.tenant_refresh, SOURCE_RETRY)
             if initial and isinstance(exc, (ConfigError, HandlerError)):
                 raise ConfigError(_one_line(exc)) from None
+            log.error("tenants not refreshed: %s", _one_line(exc))
+            self.next_refresh = now + min(self.config.supervisor.tenant_refresh, SOURCE_RETRY)
             return
         wanted: dict[str, Any] = dict(load.specs)
         wanted.update({tid: None for tid in load.errors})

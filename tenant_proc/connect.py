@@ -1,0 +1,93 @@
+"""Open, secure and log in one IMAP connection: shared by the tenant session and `check`.
+
+Every failure becomes one of two exceptions with a one-line reason (never a secret):
+FatalError (a restart cannot fix it: credentials, certificate, policy, missing STARTTLS) or
+ConnectionLost (network, server busy: try again later).
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+
+from imapclient import IMAPClient, SocketTimeout
+from imapclient.exceptions import CapabilityError, LoginError
+
+from tenant_proc.spec import TenantSpec
+
+SECURITY_LABELS = {"tls": "TLS", "starttls": "STARTTLS", "plain": "plain text"}
+
+
+class FatalError(Exception):
+    """Retrying will not help: auth or config. kind is "auth" or "config"."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+class ConnectionLost(Exception):
+    """The connection failed or dropped; an in-process reconnect may succeed."""
+
+
+def check_policy(spec: TenantSpec) -> None:
+    if spec.security == "plain" and not spec.allow_insecure and not is_loopback(spec.host):
+        raise FatalError(
+            "config",
+            f"refusing plain-text IMAP to non-loopback host {spec.host}: "
+            "use tls or starttls, or set allow_insecure",
+        )
+
+
+def open_client(spec: TenantSpec) -> IMAPClient:
+    """Connect and secure (TLS or STARTTLS, certificate and host name verified); no login yet."""
+    check_policy(spec)
+    context = ssl.create_default_context(cafile=spec.ca_file) if spec.security != "plain" else None
+    timeout = SocketTimeout(connect=spec.imap.connect_timeout, read=spec.imap.command_timeout)
+    try:
+        client = IMAPClient(spec.host, spec.port, ssl=spec.security == "tls",
+                            ssl_context=context, timeout=timeout)
+        if spec.security == "starttls":
+            try:
+                client.starttls(context)
+            except CapabilityError:
+                raise FatalError("config", f"{spec.host}:{spec.port} does not offer STARTTLS") from None
+    except ssl.SSLCertVerificationError as exc:
+        reason = exc.verify_message or str(exc)
+        raise FatalError("config",
+                         f"certificate verification failed for {spec.host}:{spec.port}: {reason}") from None
+    except ssl.SSLError as exc:
+        raise ConnectionLost(f"TLS handshake with {spec.host}:{spec.port} failed: {exc.reason or exc}") from None
+    except (OSError, socket.timeout) as exc:
+        raise ConnectionLost(f"cannot connect to {spec.host}:{spec.port}: {exc.strerror or exc}") from None
+    tune_socket(client.socket())
+    return client
+
+
+def login(client: IMAPClient, spec: TenantSpec) -> None:
+    try:
+        client.login(spec.username, spec.password.reveal())
+    except LoginError as exc:
+        if "[UNAVAILABLE]" in str(exc):  # the server's auth backend is down: retry later
+            raise ConnectionLost(f"login temporarily unavailable: {exc}") from None
+        raise FatalError("auth", f"login failed for {spec.username} at {spec.host}:{spec.port}: {exc}") from None
+
+
+def tune_socket(sock: socket.socket) -> None:
+    """Find a silently dead peer even when we only listen (NAT boxes drop quiet flows)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+    # Unacknowledged data (or keepalives) for 2 minutes: the kernel gives up on the peer.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 120_000)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
