@@ -97,3 +97,13 @@ def command(email: Email, context: HandlerContext) -> None:
 
 def null(email: Email, context: HandlerContext) -> None:
     """Does nothing: measures the supervisor without handler cost."""
+
+
+def __getattr__(name: str) -> Any:
+    """`tenant_proc.handlers:supabase_insert`, imported on first use only, so that users of the
+    other handlers never load supabase-py (PEP 562 module __getattr__)."""
+    if name == "supabase_insert":
+        from tenant_proc.handlers_supabase import supabase_insert
+
+        return supabase_insert
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

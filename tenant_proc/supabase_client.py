@@ -31,6 +31,13 @@ def make_client(url: str, key: str, timeout: float = READ_TIMEOUT) -> Client:
     return create_client(url, key, options)
 
 
+def close_client(client: Client) -> None:
+    """Close the HTTP pool we gave the client (supabase-py has no close of its own)."""
+    http = getattr(client.options, "httpx_client", None)
+    if http is not None:
+        http.close()
+
+
 def describe_error(exc: BaseException, key: str | None = None) -> str:
     """One line for a log or an exception, never containing the key.
 

@@ -60,8 +60,9 @@ class PostgrestServer:
     """Start with start(); `url` is what create_client() takes (it appends /rest/v1 itself)."""
 
     def __init__(self, dsn: str, service_key: str, anon_key: str | None = None,
-                 schema: str = "public", port: int = 0) -> None:
+                 schema: str = "public", port: int = 0, max_rows: int | None = None) -> None:
         self.dsn = dsn
+        self.max_rows = max_rows  # PostgREST's db-max-rows (Supabase: 1000): caps every GET
         self.schema = schema
         # API key -> database role. service_role is the supervisor's; anon is a browser's.
         self.roles = {service_key: "service_role"}
@@ -265,6 +266,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(404, "PGRST125", f"Invalid path specified in request URL: /{target}")
         table = load_table(conn, schema, target)
         if method in ("GET", "HEAD"):
+            if self.api.max_rows is not None:
+                query["limit"] = str(min(int(query.get("limit") or self.api.max_rows), self.api.max_rows))
             stmt, params = select_query(table, query, filters)
             data = conn.execute(stmt, params).fetchone()[0]
             count = len(json.loads(data))

@@ -1,0 +1,91 @@
+"""Handler `tenant_proc.handlers:supabase_insert`: one row per email in a Supabase table.
+
+    [handler]
+    target = "tenant_proc.handlers:supabase_insert"
+    table = "emails"                          # default; sql/001_init.sql creates it
+
+Upserts on (tenant_id, folder, uidvalidity, uid), so an email handed over again after a crash
+updates its row instead of adding a second one. URL and key come from SUPABASE_URL and
+SUPABASE_SERVICE_ROLE_KEY (names changeable with url_env / key_env), never from the config
+file. The client is made on first use, inside the tenant process.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tenant_proc.handler_loader import HandlerContext
+from tenant_proc.message import Email
+
+CONFLICT_KEY = "tenant_id,folder,uidvalidity,uid"
+
+
+class SupabaseInsert:
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.table = str(options.get("table") or "emails")
+        url_env = str(options.get("url_env") or "SUPABASE_URL")
+        key_env = str(options.get("key_env") or "SUPABASE_SERVICE_ROLE_KEY")
+        self._url = os.environ.get(url_env, "").strip()
+        self._key = os.environ.get(key_env, "").strip()
+        if not self._url or not self._key:
+            # Raised at load: the tenant reports one clear line instead of failing every email.
+            raise ValueError(f"supabase_insert needs {url_env} and {key_env} in the environment")
+        try:  # fail at load with one clear line, not at every email, if the extra is missing
+            import tenant_proc.supabase_client  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "supabase_insert needs the supabase package: pip install 'idle-supervisor[supabase]'"
+            ) from None
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        return f"SupabaseInsert(table={self.table!r}, url={self._url!r})"
+
+    def __call__(self, email: Email, context: HandlerContext) -> None:
+        from tenant_proc.supabase_client import describe_error, make_client
+
+        try:
+            if self._client is None:
+                self._client = make_client(self._url, self._key)
+            (self._client.table(self.table)
+             .upsert(email_row(email), on_conflict=CONFLICT_KEY, returning="minimal").execute())
+        except Exception as exc:
+            # The mailbox loop retries the email later; the message must not carry the key.
+            raise RuntimeError(f"supabase_insert into {self.table}: {describe_error(exc, self._key)}") from None
+
+    def close(self) -> None:
+        if self._client is not None:
+            from tenant_proc.supabase_client import close_client
+
+            close_client(self._client)
+            self._client = None
+
+
+def email_row(email: Email) -> dict[str, Any]:
+    """The row for one email. PostgreSQL text cannot hold NUL characters: they are dropped."""
+    return {
+        "tenant_id": email.tenant_id,
+        "folder": email.folder,
+        "uidvalidity": email.uidvalidity,
+        "uid": email.uid,
+        "message_id": _text(email.message_id),
+        "from": _text(email.from_),
+        "to": [_text(a) for a in email.to],
+        "subject": _text(email.subject),
+        "date": email.date.isoformat() if email.date else None,
+        "text": _text(email.text),
+        "html": _text(email.html),
+        "attachments": [
+            {"name": _text(a.get("name")), "content_type": _text(a.get("content_type")),
+             "size": a.get("size")}
+            for a in email.attachments
+        ],
+    }
+
+
+def _text(value: str | None) -> str | None:
+    return value.replace("\x00", "") if isinstance(value, str) else value
+
+
+# The name the config uses: `tenant_proc.handlers:supabase_insert` (re-exported lazily there).
+supabase_insert = SupabaseInsert

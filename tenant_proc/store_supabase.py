@@ -1,0 +1,166 @@
+"""Checkpoints and the processed/failed ledger in Supabase (`[state] backend = "supabase"`).
+
+Tables imap_checkpoints and processed_emails from sql/001_init.sql, keyed by company id, so a
+fresh container (empty state_dir) carries on exactly where the last one stopped.
+
+Each write is a single conditional statement, so no read-then-write race can move a checkpoint
+back or overwrite a finished ledger row:
+- the checkpoint advances with `PATCH ... WHERE uidvalidity = V AND last_uid < uid`; only when
+  no row exists yet is one inserted (insert-or-ignore);
+- a ledger row is inserted-or-ignored, and an existing one is only updated while it is still
+  'retrying' (a done row stays as it was: mark_done is idempotent).
+
+Created inside the tenant process, after the fork (see store.open_store): nothing inherited.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from tenant_proc.store_api import Checkpoint, StoreError
+from tenant_proc.supabase_client import close_client, describe_error, make_client
+
+CHECKPOINTS = "imap_checkpoints"
+LEDGER = "processed_emails"
+LEDGER_KEY = "company_id,folder,uidvalidity,uid"
+CHECKPOINT_KEY = "company_id,folder"
+DONE_STATUSES = ("processed", "failed")
+MAX_ERROR_CHARS = 2000  # a handler's traceback text is useful, a megabyte of it is not
+ATTEMPT_RETRIES = 5  # optimistic-concurrency rounds for the attempts counter
+
+
+class SupabaseStore:
+    def __init__(self, url: str, key: str, timeout: float = 15.0) -> None:
+        self._url = url
+        self._key = key  # kept only to scrub it from error text
+        try:
+            self._client = make_client(url, key, timeout=timeout)
+        except Exception as exc:
+            raise StoreError(f"Supabase state store not usable: {describe_error(exc, key)}") from None
+
+    def __repr__(self) -> str:
+        return f"SupabaseStore(url={self._url!r})"
+
+    # --- StateStore --------------------------------------------------------------------------
+
+    def load_checkpoint(self, tenant_id: str, folder: str) -> Checkpoint | None:
+        rows = self._run("read checkpoint", tenant_id, lambda: (
+            self._client.table(CHECKPOINTS).select("uidvalidity,last_uid")
+            .eq("company_id", tenant_id).eq("folder", folder).execute().data))
+        return Checkpoint(int(rows[0]["uidvalidity"]), int(rows[0]["last_uid"])) if rows else None
+
+    def save_checkpoint(self, tenant_id: str, folder: str, checkpoint: Checkpoint) -> None:
+        row = {"company_id": tenant_id, "folder": folder,
+               "uidvalidity": checkpoint.uidvalidity, "last_uid": checkpoint.last_uid}
+        self._run("save checkpoint", tenant_id, lambda: (
+            self._client.table(CHECKPOINTS).upsert(row, on_conflict=CHECKPOINT_KEY, returning="minimal")
+            .execute()))
+
+    def mark_done(
+        self,
+        tenant_id: str,
+        folder: str,
+        uidvalidity: int,
+        uid: int,
+        message_id: str | None,
+        status: str,
+        error: str | None = None,
+    ) -> None:
+        if status not in DONE_STATUSES:
+            raise ValueError(f"status must be one of {DONE_STATUSES}, not {status!r}")
+        key = _ledger_key(tenant_id, folder, uidvalidity, uid)
+        fields = {"message_id": message_id, "status": status, "error": _clip(error),
+                  "processed_at": _now()}
+        # Ledger first: a crash before the checkpoint moves leaves a done row that is_done() sees.
+        inserted = self._run("write ledger", tenant_id, lambda: (
+            self._client.table(LEDGER).upsert({**key, **fields}, on_conflict=LEDGER_KEY,
+                                              ignore_duplicates=True).execute().data))
+        if not inserted:  # a row existed: finish it only if it is still being retried
+            self._run("write ledger", tenant_id, lambda: (
+                _match(self._client.table(LEDGER).update(fields), key)
+                .eq("status", "retrying").execute()))
+        self._advance_checkpoint(tenant_id, folder, uidvalidity, uid)
+
+    def record_attempt_failure(
+        self, tenant_id: str, folder: str, uidvalidity: int, uid: int,
+        message_id: str | None, error: str,
+    ) -> int:
+        key = _ledger_key(tenant_id, folder, uidvalidity, uid)
+        first = {**key, "message_id": message_id, "status": "retrying", "attempts": 1,
+                 "error": _clip(error)}
+        inserted = self._run("count attempt", tenant_id, lambda: (
+            self._client.table(LEDGER).upsert(first, on_conflict=LEDGER_KEY,
+                                              ignore_duplicates=True).execute().data))
+        if inserted:
+            return 1
+        # Increment with a compare-and-set on the old value: no lost update if two writers race.
+        for _ in range(ATTEMPT_RETRIES):
+            rows = self._run("count attempt", tenant_id, lambda: (
+                _match(self._client.table(LEDGER).select("attempts"), key).execute().data))
+            if not rows:  # deleted meanwhile: start again from one
+                return self.record_attempt_failure(tenant_id, folder, uidvalidity, uid, message_id, error)
+            current = int(rows[0]["attempts"])
+            updated = self._run("count attempt", tenant_id, lambda: (
+                _match(self._client.table(LEDGER).update({"attempts": current + 1,
+                                                          "error": _clip(error)}), key)
+                .eq("attempts", current).execute().data))
+            if updated:
+                return current + 1
+        raise StoreError(f"tenant {tenant_id}: attempts counter kept changing under us; retry later")
+
+    def is_done(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> bool:
+        key = _ledger_key(tenant_id, folder, uidvalidity, uid)
+        rows = self._run("read ledger", tenant_id, lambda: (
+            _match(self._client.table(LEDGER).select("status"), key).execute().data))
+        return bool(rows) and rows[0]["status"] in DONE_STATUSES
+
+    def close(self) -> None:
+        close_client(self._client)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _advance_checkpoint(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> None:
+        """Forward only, and only within the same UIDVALIDITY (a stale writer changes nothing)."""
+        moved = self._run("advance checkpoint", tenant_id, lambda: (
+            self._client.table(CHECKPOINTS).update({"last_uid": uid})
+            .eq("company_id", tenant_id).eq("folder", folder)
+            .eq("uidvalidity", uidvalidity).lt("last_uid", uid).execute().data))
+        if moved:
+            return
+        # Nothing moved: already at/after uid, another UIDVALIDITY, or no checkpoint yet. Only
+        # the last case writes, and insert-or-ignore cannot touch an existing row.
+        row = {"company_id": tenant_id, "folder": folder, "uidvalidity": uidvalidity, "last_uid": uid}
+        self._run("advance checkpoint", tenant_id, lambda: (
+            self._client.table(CHECKPOINTS).upsert(row, on_conflict=CHECKPOINT_KEY,
+                                                   ignore_duplicates=True, returning="minimal")
+            .execute()))
+
+    def _run(self, what: str, tenant_id: str, call: Any) -> Any:
+        try:
+            return call()
+        except StoreError:
+            raise
+        except Exception as exc:
+            reason = describe_error(exc, self._key)
+            if getattr(exc, "code", None) == "23503":
+                reason = (f"company {tenant_id!r} is not in the companies table "
+                          "(the supabase state backend keys checkpoints by company id)")
+            raise StoreError(f"Supabase state store: {what} failed for tenant {tenant_id}: {reason}") from None
+
+
+def _ledger_key(tenant_id: str, folder: str, uidvalidity: int, uid: int) -> dict[str, Any]:
+    return {"company_id": tenant_id, "folder": folder, "uidvalidity": uidvalidity, "uid": uid}
+
+
+def _match(query: Any, key: dict[str, Any]) -> Any:
+    for column, value in key.items():
+        query = query.eq(column, value)
+    return query
+
+
+def _clip(text: str | None) -> str | None:
+    return text if text is None or len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "…"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
