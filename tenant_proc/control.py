@@ -24,11 +24,15 @@ class StopRequested(Exception):
 
 
 class Control:
-    def __init__(self, tenant_id: str, name: str, conn: Connection, heartbeat_interval: float) -> None:
+    def __init__(
+        self, tenant_id: str, name: str, conn: Connection, heartbeat_interval: float,
+        shutdown_timeout: float,
+    ) -> None:
         self.tenant_id = tenant_id
         self.name = name
         self.conn = conn
         self.heartbeat_interval = heartbeat_interval
+        self.shutdown_timeout = shutdown_timeout
         self.state = "starting"
         self.mode: str | None = None
         self.counters = {"processed": 0, "failed": 0, "reconnects": 0, "logins": 0}
@@ -57,17 +61,19 @@ class Control:
         if self.signals_seen > 1:
             # The second signal means "now": the loop may be blocked in a socket call.
             os._exit(protocol.EXIT_OK)
-        self.stop_reason = self.stop_reason or signal.Signals(signum).name
+        self.request_stop(signal.Signals(signum).name)
 
-    def arm_shutdown_deadline(self, seconds: float) -> None:
-        """Whatever happens during a clean stop (a hung server, a slow handler), exit by then."""
-        signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    def request_stop(self, reason: str) -> None:
+        """Begin a clean stop. Whatever then hangs (server, handler), SIGALRM ends us in time."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            signal.setitimer(signal.ITIMER_REAL, max(self.shutdown_timeout, 0.01))
 
     # -- reporting -----------------------------------------------------------------------
 
     def send(self, message: dict[str, Any]) -> None:
         if not protocol.send(self.conn, message):
-            self.stop_reason = self.stop_reason or "parent pipe closed"
+            self.request_stop("parent pipe closed")
 
     def hello(self) -> None:
         self.send(protocol.hello(self.tenant_id, os.getpid()))
@@ -146,9 +152,9 @@ class Control:
             while self.conn.poll(0):
                 message = protocol.receive(self.conn)
                 if message is not None and message["type"] == "stop":
-                    self.stop_reason = self.stop_reason or "stop message"
+                    self.request_stop("stop message")
         except (EOFError, OSError):
-            self.stop_reason = self.stop_reason or "parent pipe closed"
+            self.request_stop("parent pipe closed")
 
 
 def _on_deadline(signum: int, frame: Any) -> None:

@@ -136,18 +136,20 @@ class Mailbox:
             return True
         truncated = b"BODY[]" not in data
         raw = data.get(b"BODY[]") if not truncated else data.get(b"BODY[HEADER]")
-        email = parse_email(
-            raw or b"",
-            Envelope(
-                tenant_id=spec.id, folder=spec.folder, uid=uid, uidvalidity=uidvalidity,
-                size=int(data.get(b"RFC822.SIZE", 0)), received_at=_epoch(data.get(b"INTERNALDATE")),
-                detected_at=notice.wall, truncated=truncated,
-            ),
+        envelope = Envelope(
+            tenant_id=spec.id, folder=spec.folder, uid=uid, uidvalidity=uidvalidity,
+            size=int(data.get(b"RFC822.SIZE", 0)), received_at=_epoch(data.get(b"INTERNALDATE")),
+            detected_at=notice.wall, truncated=truncated,
         )
+        message_id: str | None = None
         try:
+            # Parsing sits inside the try too: a parser bug on one email must count as a
+            # failed attempt (and end as "failed"), not crash the process on every restart.
+            email = parse_email(raw or b"", envelope)
+            message_id = email.message_id
             self.handler(email)
         except Exception as exc:
-            return self._handler_failed(uid, email.message_id, exc, notice)
+            return self._handler_failed(uid, message_id, exc, notice)
         latency = time.monotonic() - notice.mono
         self.store.mark_done(spec.id, spec.folder, uidvalidity, uid, email.message_id, "processed")
         self._advance(uid, persist=False)

@@ -41,7 +41,7 @@ def run_tenant(spec: TenantSpec, conn: Connection, parent_pid: int) -> NoReturn:
 
 
 def _run(spec: TenantSpec, conn: Connection, parent_pid: int, log: logging.LoggerAdapter) -> int:
-    control = Control(spec.id, spec.name, conn, spec.heartbeat_interval)
+    control = Control(spec.id, spec.name, conn, spec.heartbeat_interval, spec.shutdown_timeout)
     control.install_signal_handlers()
     os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
     _set_parent_death_signal()
@@ -63,8 +63,6 @@ def _run(spec: TenantSpec, conn: Connection, parent_pid: int, log: logging.Logge
         return _fatal(control, log, exc.kind, exc.reason)
     finally:
         store.close()
-    # Clean stop from here on: bounded whatever the handler's close() does.
-    control.arm_shutdown_deadline(spec.shutdown_timeout)
     _close_handler(handler, log)
     log.info("stopped (%s)", control.stop_reason)
     return protocol.EXIT_OK

@@ -35,6 +35,8 @@ def make_spec(
     name: str = "Acme AB",
     target: str = "tenant_proc.handlers:jsonl",
     ca_file: str | None = None,
+    options: dict[str, Any] | None = None,
+    shutdown_timeout: float = 5.0,
     **imap: Any,
 ) -> TenantSpec:
     port = dc.imaps_port if security == "tls" else dc.imap_port
@@ -50,10 +52,10 @@ def make_spec(
         password=Secret(password if password is not None else dc.users[user]),
         ca_file=ca_file or str(dc.ca_file),
         imap=ImapSettings(**settings),
-        handler=HandlerSpec(target=target, options=(("path", "emails.jsonl"),)),
+        handler=HandlerSpec(target=target, options=tuple(sorted((options or {"path": "emails.jsonl"}).items()))),
         state=StateSpec(state_dir=str(tmp_path / "state")),
         heartbeat_interval=0.2,
-        shutdown_timeout=5.0,
+        shutdown_timeout=shutdown_timeout,
         base_dir=str(tmp_path),
     )
 
@@ -325,3 +327,45 @@ def test_process_title_shows_company_and_state(dovecot: Dovecot, tmp_path: Path,
     assert cmdline == f"{name} [idle] idle-supervisor"
     comm = Path(f"/proc/{pid}/comm").read_bytes().rstrip(b"\n")
     assert len(comm) <= 15 and comm.decode("utf-8") == "Företag Å Bol"
+
+
+def test_idle_reissue_probe_and_reconcile_keep_one_session(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
+    spec = make_spec(dovecot, tmp_path, idle_timeout=0.4, dead_after=0.3, reconcile_interval=0.7)
+    tenant = tenants(spec)
+    tenant.wait_state("idle")
+    time.sleep(2.0)  # several re-issues, liveness probes and reconciles
+    dovecot.deliver("alice", make_message("still there"))
+    assert wait_lines(tmp_path, 1)[0]["subject"] == "still there"
+    beat = tenant.wait_for(lambda m: m["type"] == "heartbeat" and m["counters"]["processed"] == 1)
+    assert beat["counters"]["reconnects"] == 0 and beat["counters"]["logins"] == 1
+    assert beat["server_idle_age"] is not None and beat["server_idle_age"] < 1.0
+    assert tenant.stop() == protocol.EXIT_OK
+
+
+def test_oversized_message_is_handed_over_headers_only(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
+    tenant = tenants(make_spec(dovecot, tmp_path, max_message_bytes=2000))
+    tenant.wait_state("idle")
+    dovecot.deliver("alice", make_message("big", body="x" * 10_000))
+    dovecot.deliver("alice", make_message("small"))
+    lines = wait_lines(tmp_path, 2)
+    assert [(l["subject"], l["truncated"]) for l in lines] == [("big", True), ("small", False)]
+    assert lines[0]["size"] > 10_000
+
+
+def test_stop_is_bounded_by_shutdown_timeout_even_in_a_hung_handler(
+    dovecot: Dovecot, tmp_path: Path, tenants: Any
+) -> None:
+    spec = make_spec(
+        dovecot, tmp_path, target="tenant_proc.handlers:command",
+        options={"argv": ["sleep", "4"]}, shutdown_timeout=1.0,
+    )
+    tenant = tenants(spec)
+    tenant.wait_state("idle")
+    dovecot.deliver("alice", make_message("slow"))
+    tenant.wait_state("processing")
+    time.sleep(0.2)  # inside the handler now
+    started = time.monotonic()
+    tenant.proc.terminate()
+    tenant.proc.join(WAIT)
+    assert tenant.proc.exitcode == protocol.EXIT_OK
+    assert time.monotonic() - started < 2.5
