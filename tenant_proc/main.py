@@ -18,7 +18,8 @@ from tenant_proc.control import Control
 from tenant_proc.handler_loader import HandlerError, load_handler
 from tenant_proc.logs import tenant_logger
 from tenant_proc.mailbox import Mailbox
-from tenant_proc.session import FatalError, Session
+from tenant_proc.connect import FatalError
+from tenant_proc.session import Session
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store import open_store
 from tenant_proc.title import set_title

@@ -5,19 +5,18 @@ FatalError so main() exits with the code that tells the supervisor not to fast-r
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 import select
-import socket
 import ssl
 import time
 from typing import Any
 
-from imapclient import IMAPClient, SocketTimeout
-from imapclient.exceptions import CapabilityError, IMAPClientError, LoginError
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
 from imapclient.imapclient import _parse_untagged_response
 
+from tenant_proc.connect import SECURITY_LABELS, ConnectionLost, FatalError, login, open_client
 from tenant_proc.control import Control, StopRequested
 from tenant_proc.mailbox import Mailbox, Notice
 from tenant_proc.spec import TenantSpec
@@ -26,21 +25,6 @@ from tenant_proc.store_api import StoreError
 BACKOFF_START = 1.0
 PROBE_TIMEOUT = 15.0  # a live server answers DONE in milliseconds
 NEW_MAIL = (b"EXISTS", b"RECENT")
-SECURITY_LABELS = {"tls": "TLS", "starttls": "STARTTLS", "plain": "plain text"}
-
-
-class FatalError(Exception):
-    """A restart cannot fix this: kind is "auth" or "config", reason one line, no secrets."""
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
-
-
-class ConnectionLost(Exception):
-    """The server went away without an error of its own (EOF, BYE, silence)."""
-
 
 # imaplib.IMAP4.abort (BYE, EOF) is an IMAPClientError; ssl errors are OSErrors.
 RECONNECT_ERRORS = (OSError, IMAPClientError, ConnectionLost, StoreError)
@@ -94,45 +78,14 @@ class Session:
     def _connect(self) -> None:
         spec = self.spec
         self.control.set_state("connecting")
-        self._check_policy()
-        context = ssl.create_default_context(cafile=spec.ca_file) if spec.security != "plain" else None
-        timeout = SocketTimeout(connect=spec.imap.connect_timeout, read=spec.imap.command_timeout)
-        try:
-            client = IMAPClient(spec.host, spec.port, ssl=spec.security == "tls", ssl_context=context, timeout=timeout)
-            self.client = client
-            if spec.security == "starttls":
-                client.starttls(context)
-        except ssl.SSLCertVerificationError as exc:
-            reason = exc.verify_message or str(exc)
-            raise FatalError("config", f"certificate verification failed for {spec.host}:{spec.port}: {reason}") from None
-        except CapabilityError:
-            raise FatalError("config", f"{spec.host}:{spec.port} does not offer STARTTLS") from None
-        _tune_socket(client.socket())
+        self.client = client = open_client(spec)
         self.control.server_spoke()
         self.log.info("connected to %s:%d (%s)", spec.host, spec.port, SECURITY_LABELS[spec.security])
-        self._login(client)
+        login(client, spec)
+        self.control.counters["logins"] += 1
         select_info = self._select(client)
         self.control.last_error = None
         self.mailbox.sync_checkpoint(client, select_info)
-
-    def _check_policy(self) -> None:
-        spec = self.spec
-        if spec.security == "plain" and not spec.allow_insecure and not _is_loopback(spec.host):
-            raise FatalError(
-                "config",
-                f"refusing plain-text IMAP to non-loopback host {spec.host}: "
-                "use tls or starttls, or set allow_insecure",
-            )
-
-    def _login(self, client: IMAPClient) -> None:
-        spec = self.spec
-        try:
-            client.login(spec.username, spec.password.reveal())
-        except LoginError as exc:
-            if "[UNAVAILABLE]" in str(exc):  # the server's auth backend is down: retry later
-                raise ConnectionLost(f"login temporarily unavailable: {exc}") from None
-            raise FatalError("auth", f"login failed for {spec.username} at {spec.host}:{spec.port}: {exc}") from None
-        self.control.counters["logins"] += 1
 
     def _select(self, client: IMAPClient) -> dict[bytes, Any]:
         # EXAMINE (read-only): processing mail can never change its flags.
@@ -295,25 +248,6 @@ def _line_waiting(client: IMAPClient) -> bool:
 
 def _has_new_mail(responses: list[Any]) -> bool:
     return any(len(r) >= 2 and r[1] in NEW_MAIL for r in responses if isinstance(r, tuple))
-
-
-def _tune_socket(sock: socket.socket) -> None:
-    """Find a silently dead peer even when we only listen (NAT boxes drop quiet flows)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
-    # Unacknowledged data (or keepalives) for 2 minutes: the kernel gives up on the peer.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 120_000)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _short_error(exc: BaseException) -> str:
