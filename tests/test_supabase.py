@@ -357,3 +357,15 @@ def test_supabase_insert_failure_is_retryable_and_keyless(handler_env: None, pos
     postgrest.come_up()
     handler(sample_email(), None)  # the same instance recovers once Supabase is back
     handler.close()
+
+
+def test_the_docs_sql_examples_run(pg_db: PostgresDatabase) -> None:
+    # docs/supabase.md is what users paste into the SQL editor: it must work on this schema.
+    import re
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "supabase.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", doc, flags=re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        pg_db.execute(block)
+    assert pg_db.execute("SELECT id, imap_folder, active FROM companies") == [("acme", "INBOX", True)]
