@@ -65,6 +65,7 @@ class Arbiter:
         self.next_watchdog = 0.0
         self.watchdog_period = sdnotify.watchdog_interval()
         self.last_summary = ""
+        self.is_pid1 = os.getpid() == 1  # in a container: orphans re-parented to us are ours to reap
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
 
@@ -114,6 +115,8 @@ class Arbiter:
         self.handle_signals()
         self.read_messages(ready_set)
         self.reap_children()
+        if self.is_pid1:
+            self.reap_orphans()
         now = time.monotonic()
         self.murder_hung(now)
         self.enforce_stop_deadlines(now)
@@ -413,6 +416,22 @@ class Arbiter:
                     del self.records[record.id]
             elif reason is StopReason.REMOVED and record.spec is None:
                 record.state = State.FAILED  # invalid config: shown as failed until fixed
+
+    def reap_orphans(self) -> None:
+        """As PID 1, reap zombies that are not our tenants (grandchildren of a handler command).
+
+        WNOWAIT peeks first: a tenant's exit must stay for multiprocessing to collect, or its
+        Process object would never learn the exit code (supervision rule 3).
+        """
+        ours = {r.pid for r in self.records.values() if r.pid}
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid in ours:
+                return
+            os.waitpid(info.si_pid, 0)
 
     def _log_exit(self, record: TenantRecord, exitcode: int | None, reason: StopReason | None) -> None:
         if reason in (StopReason.SHUTDOWN, StopReason.REMOVED, StopReason.CHANGED) or self.shutting_down:

@@ -201,6 +201,12 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
 
     imap = _dataclass_from_table(ImapSettings, data.get("imap"), "imap")
     _validate_imap(imap)
+    slowest = max(imap.connect_timeout, imap.command_timeout)
+    if slowest >= supervisor.heartbeat_timeout:
+        raise ConfigError(
+            f"[supervisor] heartbeat_timeout ({supervisor.heartbeat_timeout:g}s) must be above "
+            f"[imap] connect_timeout and command_timeout ({slowest:g}s), or a slow server would "
+            "get a healthy tenant killed as hung")
     handler = _handler_spec(data.get("handler"))
     tenants = _dataclass_from_table(TenantSourceSettings, data.get("tenants"), "tenants")
     if tenants.source not in ("file", "supabase"):

@@ -63,8 +63,10 @@ class ImapSettings:
     batch_size: int = 100  # UIDs fetched per FETCH round trip
     max_attempts: int = 5  # handler failures before an email is recorded as failed
     retry_interval: float = 30.0  # a failed handler call is retried this long after
-    connect_timeout: float = 30.0  # TCP connect + TLS handshake + greeting
-    command_timeout: float = 60.0  # any single IMAP command outside IDLE
+    # Both stay below [supervisor] heartbeat_timeout (30 s): a child blocked this long in one
+    # socket read sends no heartbeat, and must not be killed as hung for a merely slow server.
+    connect_timeout: float = 20.0  # TCP connect + TLS handshake + greeting
+    command_timeout: float = 25.0  # silence allowed within one IMAP command outside IDLE
     dead_after: float = 120.0  # no byte from the server while idling for this long: reconnect
     reconcile_interval: float = 300.0  # STATUS check that catches an EXISTS never sent
     reconnect_backoff_max: float = 60.0  # in-process reconnect: 1 s doubling up to this

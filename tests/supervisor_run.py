@@ -62,7 +62,7 @@ class SupervisorRun:
         supervisor = {"state_dir": str(self.state_dir), "heartbeat_interval": 0.5,
                       "heartbeat_timeout": 10, "restart_backoff": 1, "restart_jitter": 0.0,
                       "shutdown_timeout": 5, "kill_timeout": 2, **self.supervisor}
-        imap = {"poll_interval": 1, **self.imap}
+        imap = {"poll_interval": 1, "connect_timeout": 5, "command_timeout": 5, **self.imap}
         handler = self.handler or {"target": "tenant_proc.handlers:jsonl",
                                    "path": str(self.jsonl_path)}
         lines = [_table("supervisor", supervisor), _table("imap", imap), _table("handler", handler)]

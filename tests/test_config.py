@@ -97,3 +97,11 @@ def test_duplicate_ids_are_rejected(tmp_path):
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_heartbeat_timeout_must_exceed_imap_timeouts(tmp_path):
+    with pytest.raises(ConfigError, match="heartbeat_timeout"):
+        load_config(write(tmp_path, "[supervisor]\nheartbeat_timeout = 20\n"))
+    config = load_config(write(tmp_path, "[supervisor]\nheartbeat_timeout = 20\n[imap]\n"
+                                         "command_timeout = 10\nconnect_timeout = 10\n"))
+    assert config.supervisor.heartbeat_timeout == 20

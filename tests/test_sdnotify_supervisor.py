@@ -180,6 +180,10 @@ shutdown_timeout = 5
 heartbeat_interval = 1
 heartbeat_timeout = 10
 
+[imap]
+connect_timeout = 5
+command_timeout = 5
+
 [handler]
 target = "tenant_proc.handlers:jsonl"
 path = "state/emails.jsonl"

@@ -109,7 +109,8 @@ def test_hung_child_is_killed_and_restarted(dovecot, tmp_path):
     settings = {"heartbeat_interval": 0.3, "heartbeat_timeout": 2, "kill_timeout": 1,
                 "restart_backoff": 1}
     with SupervisorRun(tmp_path, dovecot, [TenantEntry("acme", "acme", "acme-pw")],
-                       supervisor=settings).start() as run:
+                       supervisor=settings, imap={"connect_timeout": 1.5, "command_timeout": 1.5}
+                       ).start() as run:
         pid = run.child_pids()["acme"]
         os.kill(pid, signal.SIGSTOP)  # alive but silent: the classic hang
         status = run.wait_for(lambda s: s["tenants"]["acme"]["pid"] not in (None, pid)
@@ -128,7 +129,8 @@ def test_sighup_adds_removes_changes_and_leaves_unchanged_alone(dovecot, tmp_pat
         before = run.child_pids()
         run.tenants = [tenants[0],  # acme: unchanged
                        TenantEntry("globex", "globex", "globex-pw", name="Globex Renamed"),  # changed
-                       TenantEntry("newco", "newco", "newco-pw", name="NewCo")]  # added; initech removed
+                       # added (inline password: its env var did not exist at start); initech removed
+                       TenantEntry("newco", "newco", "newco-pw", name="NewCo", via_env=False)]
         run.write_config()
         run.signal(signal.SIGHUP)
         status = run.wait_for(lambda s: set(s["tenants"]) == {"acme", "globex", "newco"}
