@@ -46,7 +46,8 @@ class SupabaseInsert:
 
         try:
             if self._client is None:
-                self._client = make_client(self._url, self._key)
+                # 10 s: below heartbeat_timeout, so a hung Supabase is a retry, not a "hung" kill.
+                self._client = make_client(self._url, self._key, timeout=10.0)
             (self._client.table(self.table)
              .upsert(email_row(email), on_conflict=CONFLICT_KEY, returning="minimal").execute())
         except Exception as exc:

@@ -29,8 +29,13 @@ MAX_ERROR_CHARS = 2000  # a handler's traceback text is useful, a megabyte of it
 ATTEMPT_RETRIES = 5  # optimistic-concurrency rounds for the attempts counter
 
 
+# Per request. Well below [supervisor] heartbeat_timeout (30 s by default): a tenant blocked in
+# one store call sends no heartbeat, and a black-holed Supabase must not get it killed as hung.
+STORE_TIMEOUT = 10.0
+
+
 class SupabaseStore:
-    def __init__(self, url: str, key: str, timeout: float = 15.0) -> None:
+    def __init__(self, url: str, key: str, timeout: float = STORE_TIMEOUT) -> None:
         self._url = url
         self._key = key  # kept only to scrub it from error text
         try:
