@@ -48,7 +48,7 @@ class ChildHandle:
 
 
 class Arbiter:
-    def __init__(self, config_path: Path, config: Config) -> None:
+    def __init__(self, config_path: Path | None, config: Config) -> None:
         self.config_path = config_path
         self.config = config
         self.state_dir = Path(config.supervisor.state_dir)
@@ -92,7 +92,7 @@ class Arbiter:
         self._install_signals()
         policy = self.restart_policy()
         log.info("supervisor started (pid %d, config %s, restart backoff %.0fs)",
-                 os.getpid(), self.config_path, policy.backoff)
+                 os.getpid(), self.config.path, policy.backoff)
         self.apply_tenants(initial=True)
         self.write_status_now()
 

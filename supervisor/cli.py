@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: argparse.Namespace) -> tuple[Path, Config]:
+def _config(args: argparse.Namespace) -> tuple[Path | None, Config]:
     path = resolve_config_path(args.config)
     return path, load_config(path)
 
@@ -88,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from supervisor.arbiter import Arbiter
 
-    setproctitle(f"idle-supervisor: supervisor {path}")
+    setproctitle(f"idle-supervisor: supervisor {config.path}")
     return Arbiter(path, config).run()
 
 

@@ -73,11 +73,48 @@ class TenantLoad:
     errors: dict[str, tuple[str, str]]  # id -> (name, reason)
 
 
-def resolve_config_path(cli_path: str | None) -> Path:
-    path = cli_path or os.environ.get(CONFIG_ENV)
-    if not path:
-        raise ConfigError(f"no config file: pass --config PATH or set {CONFIG_ENV}")
-    return Path(path)
+ENV_PREFIX = "IDLE_SUPERVISOR_"
+ENV_SECTIONS = ("supervisor", "imap", "handler", "tenants", "state")
+# IDLE_SUPERVISOR_* variables that are CLI defaults, not config keys.
+_ENV_NOT_CONFIG = {"IDLE_SUPERVISOR_CONFIG", "IDLE_SUPERVISOR_LOG_LEVEL", "IDLE_SUPERVISOR_LOG_FORMAT"}
+
+
+def resolve_config_path(cli_path: str | None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The config file, or None when the environment alone configures us (Railway)."""
+    environ = os.environ if environ is None else environ
+    path = cli_path or environ.get(CONFIG_ENV)
+    if path:
+        return Path(path)
+    if environ.get("SUPABASE_URL") or _env_overrides(environ):
+        return None
+    raise ConfigError(f"no config: pass --config PATH, set {CONFIG_ENV}, or configure through "
+                      f"{ENV_PREFIX}<SECTION>_<KEY> and SUPABASE_URL environment variables")
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """IDLE_SUPERVISOR_IMAP_POLL_INTERVAL=30 -> {"imap": {"poll_interval": 30}}.
+
+    Values are read as TOML values when they parse as one (numbers, booleans, arrays),
+    else taken as plain strings, so `..._HANDLER_PATH=/data/emails.jsonl` needs no quotes.
+    """
+    tables: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_CONFIG:
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section not in ENV_SECTIONS or not key:
+            raise ConfigError(f"environment variable {name}: expected {ENV_PREFIX}<SECTION>_<KEY> "
+                              f"with SECTION one of {', '.join(s.upper() for s in ENV_SECTIONS)}")
+        tables.setdefault(section, {})[key] = _env_value(raw)
+    return tables
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -183,10 +220,22 @@ def _freeze_value(value: Any) -> Any:
     return value
 
 
-def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (if any), then apply IDLE_SUPERVISOR_* environment overrides.
+
+    With no file, relative paths resolve against the working directory, and the tenant
+    source defaults to Supabase when SUPABASE_URL is set.
+    """
     environ = os.environ if environ is None else environ
-    data = _read_toml(path)
-    base_dir = path.resolve().parent
+    data = _read_toml(path) if path is not None else {}
+    base_dir = path.resolve().parent if path is not None else Path.cwd()
+    for section, values in _env_overrides(environ).items():
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        table.update(values)
+    if path is None and environ.get("SUPABASE_URL"):
+        data.setdefault("tenants", {}).setdefault("source", "supabase")
     known_sections = {"supervisor", "imap", "handler", "tenants", "tenant", "state"}
     unknown = set(data) - known_sections
     if unknown:
@@ -218,7 +267,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         raw_tenants = _raw_file_tenants(data, tenants, base_dir)
 
     return Config(
-        path=str(path.resolve()),
+        path=str(path.resolve()) if path is not None else "(environment)",
         base_dir=str(base_dir),
         supervisor=supervisor,
         imap=imap,

@@ -105,3 +105,39 @@ def test_heartbeat_timeout_must_exceed_imap_timeouts(tmp_path):
     config = load_config(write(tmp_path, "[supervisor]\nheartbeat_timeout = 20\n[imap]\n"
                                          "command_timeout = 10\nconnect_timeout = 10\n"))
     assert config.supervisor.heartbeat_timeout == 20
+
+
+def test_environment_alone_configures_everything(tmp_path, monkeypatch):
+    """Railway: no file, IDLE_SUPERVISOR_<SECTION>_<KEY> variables and SUPABASE_* only."""
+    from supervisor.config import resolve_config_path
+
+    monkeypatch.chdir(tmp_path)
+    env = {"SUPABASE_URL": "http://127.0.0.1:9", "SUPABASE_SERVICE_ROLE_KEY": "service-key",
+           "IDLE_SUPERVISOR_SUPERVISOR_RESTART_BACKOFF": "15",
+           "IDLE_SUPERVISOR_IMAP_BACKFILL": "unseen",
+           "IDLE_SUPERVISOR_HANDLER_TARGET": "tenant_proc.handlers:log",
+           "IDLE_SUPERVISOR_HANDLER_PATH": "/data/emails.jsonl",
+           "IDLE_SUPERVISOR_LOG_LEVEL": "debug"}
+    assert resolve_config_path(None, env) is None
+    config = load_config(None, env)
+    assert config.path == "(environment)"
+    assert config.supervisor.restart_backoff == 15.0 and config.imap.backfill == "unseen"
+    assert config.tenants.source == "supabase" and config.state.backend == "supabase"
+    assert config.handler.target == "tenant_proc.handlers:log"
+    assert config.handler.options_dict() == {"path": "/data/emails.jsonl"}
+    assert config.supervisor.state_dir == str(tmp_path / "state")
+    assert "service-key" not in repr(config)
+
+
+def test_environment_overrides_a_file(tmp_path):
+    config = load_config(write(tmp_path, GOOD), environ={"IDLE_SUPERVISOR_IMAP_POLL_INTERVAL": "7"})
+    assert config.imap.poll_interval == 7.0 and config.supervisor.restart_backoff == 2.0
+
+
+def test_no_config_at_all_is_one_clear_line():
+    from supervisor.config import resolve_config_path
+
+    with pytest.raises(ConfigError, match="no config"):
+        resolve_config_path(None, {})
+    with pytest.raises(ConfigError, match="IDLE_SUPERVISOR_BOGUS_X"):
+        load_config(None, {"IDLE_SUPERVISOR_BOGUS_X": "1"})
