@@ -1,0 +1,113 @@
+"""Shared pytest setup. Each team appends its own clearly headed section below."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# The repo root must be importable as such (`tests.dovecot`, `supervisor`, ...)
+# however pytest is started; `python -m pytest` from the root already does this.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.certs import CertPaths, session_certs  # noqa: E402
+from tests.dovecot import Dovecot  # noqa: E402
+
+
+# --- Markers ---
+# Only one pytest_configure may exist in this file: add further markers here.
+MARKERS = {
+    "slow": "takes more than a few seconds (deselect with -m 'not slow')",
+    "integration": "starts real processes or servers (Dovecot, PostgreSQL, the supervisor)",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+
+
+# --- Dovecot fixtures ---
+# Users every fixture instance knows; add more per test with dovecot.add_user().
+DEFAULT_USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+
+
+@pytest.fixture(scope="session")
+def certs() -> CertPaths:
+    """Private CA, CA-signed server cert and an untrusted cert, made once per session."""
+    return session_certs()
+
+
+@pytest.fixture
+def dovecot(tmp_path: Path, certs: CertPaths) -> Iterator[Dovecot]:
+    """A fresh, running Dovecot for one test; stopped afterwards even if the test fails."""
+    server = Dovecot(tmp_path / "dovecot", users=dict(DEFAULT_USERS))
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dovecot_session(tmp_path_factory: pytest.TempPathFactory, certs: CertPaths) -> Iterator[Dovecot]:
+    """One Dovecot shared by the whole session: cheaper, but tests must not assume
+    an empty mailbox or a fixed user set (use unique user names via add_user())."""
+    server = Dovecot(tmp_path_factory.mktemp("dovecot-session"), users=dict(DEFAULT_USERS))
+    with server:
+        yield server
+
+
+# --- PostgreSQL / Supabase fixtures ---
+# A real PostgreSQL 15 per session, a fresh migrated database per test, and a PostgREST-compatible
+# server in front of it so the real supabase-py client can be used (see tests/postgrest_server.py).
+import os as _os  # noqa: E402
+
+from tests.pg import PostgresDatabase, PostgresServer, PostgresUnavailable, start_postgres  # noqa: E402
+from tests.postgrest_server import TEST_ANON_KEY, TEST_SERVICE_KEY, PostgrestServer  # noqa: E402
+
+# Keys live in tests.postgrest_server: conftest may be imported twice (as conftest and tests.conftest).
+SUPABASE_SERVICE_KEY = TEST_SERVICE_KEY
+SUPABASE_ANON_KEY = TEST_ANON_KEY
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """PostgreSQL in a temp dir on 127.0.0.1; skipped locally if not installed, an error in CI."""
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as exc:
+        if _os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_db(postgres_server: PostgresServer) -> Iterator[PostgresDatabase]:
+    """A fresh database with sql/*.sql applied; dropped afterwards."""
+    db = postgres_server.create_database(migrate=True)
+    try:
+        yield db
+    finally:
+        db.drop()
+
+
+@pytest.fixture
+def postgrest(pg_db: PostgresDatabase) -> Iterator[PostgrestServer]:
+    """The REST API over pg_db; `.url` for SUPABASE_URL, keys in SUPABASE_SERVICE_KEY/ANON_KEY."""
+    server = PostgrestServer(pg_db.dsn, SUPABASE_SERVICE_KEY, anon_key=SUPABASE_ANON_KEY).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def supabase_env(postgrest: PostgrestServer) -> dict[str, str]:
+    """The two variables a deployment sets, pointing at the test server."""
+    return {"SUPABASE_URL": postgrest.url, "SUPABASE_SERVICE_ROLE_KEY": SUPABASE_SERVICE_KEY}
