@@ -110,6 +110,8 @@ class Session:
 
     def _catch_up(self, notice: Notice) -> None:
         assert self.client is not None
+        # Forget announcements made before this search: the search itself covers them.
+        _announced_meanwhile(self.client)
         self.mailbox.catch_up(self.client, notice)
         self.control.server_spoke()
         self.next_reconcile = time.monotonic() + self.spec.imap.reconcile_interval
@@ -142,7 +144,10 @@ class Session:
         self.idling = True
         started = time.monotonic()
         self.control.set_state("idle", mode="idle")
-        notice = Notice.now() if _has_new_mail(self._read_pending()) else None
+        # Mail that arrived while we were busy (FETCH, handler, the IDLE command itself) was
+        # announced in answer to those commands, and imaplib filed it away: look there too.
+        announced = _announced_meanwhile(client)
+        notice = Notice.now() if _has_new_mail(self._read_pending()) or announced else None
         reason = "mail"
         while notice is None:
             reason, due = self._next_idle_deadline(started)
@@ -244,6 +249,16 @@ def _line_waiting(client: IMAPClient) -> bool:
     if readable:  # readable yet nothing to read: the server closed the connection
         raise ConnectionLost("server closed the connection")
     return False
+
+
+def _announced_meanwhile(client: IMAPClient) -> bool:
+    """Pop EXISTS/RECENT that arrived as untagged answers to other commands.
+
+    imaplib keeps untagged responses it was not asked for in untagged_responses; an EXISTS
+    that lands during a FETCH or before "+ idling" would otherwise never wake the IDLE loop.
+    """
+    pending = client._imap.untagged_responses
+    return any([pending.pop(key, None) for key in ("EXISTS", "RECENT")])
 
 
 def _has_new_mail(responses: list[Any]) -> bool:

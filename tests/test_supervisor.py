@@ -244,3 +244,21 @@ def test_unknown_handler_is_one_clear_line(tmp_path, dovecot):
     assert result.returncode == 2
     assert "no.such.module" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 2
+
+
+def test_mail_announced_outside_idle_is_not_missed(dovecot, tmp_path):
+    """Mail that arrives after a round's SEARCH is announced by an untagged EXISTS at the end of
+    a later FETCH, not in IDLE (imaplib files it away). It must start another round at once,
+    not wait for the next reconcile."""
+    dovecot.add_user("acme", "acme-pw")
+    handler = {"target": "tests.handlers_for_tests:slow", "seconds": 0.4,
+               "path": str(tmp_path / "emails.jsonl")}
+    with SupervisorRun(tmp_path, dovecot, [TenantEntry("acme", "acme", "acme-pw")], handler=handler,
+                       imap={"reconcile_interval": 600, "batch_size": 1}).start() as run:
+        for i in range(4):  # one round of four, one FETCH each
+            dovecot.deliver("acme", make_message(f"round {i}"))
+        run.wait_emails(1, timeout=5)
+        dovecot.deliver("acme", make_message("late"))  # after the round's SEARCH
+        emails = run.wait_emails(5, timeout=8)
+        assert [e["subject"] for e in emails][-1] == "late"
+        assert len(unique_emails(emails)) == 5
