@@ -37,7 +37,8 @@ pick_python() {
 }
 
 missing_packages() {
-    local pkgs=(dovecot-core dovecot-imapd openssl)
+    # systemd provides systemd-analyze (the unit's tests), procps /bin/kill (its ExecReload).
+    local pkgs=(dovecot-core dovecot-imapd openssl systemd procps)
     if [ "$WITH_POSTGRES" = 1 ]; then pkgs+=(postgresql); fi
     # Debian's python3 ships venv/ensurepip separately.
     local py
