@@ -61,6 +61,14 @@ def start(tmp_path: Path, dovecot: Any, api: PostgrestServer, **supervisor: Any)
     return run.start(wait_running=False)
 
 
+def wait_db(db: PostgresDatabase, query: str, expected: Any, timeout: float = 5) -> None:
+    """The handler runs before the store write: poll the database, bounded, for the outcome."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and db.execute(query) != expected:
+        time.sleep(0.05)
+    assert db.execute(query) == expected
+
+
 def assert_no_key_leaked(run: SupabaseRun) -> None:
     assert TEST_SERVICE_KEY not in run.log_text()
     assert TEST_SERVICE_KEY not in (run.state_dir / "status.json").read_text()
@@ -79,13 +87,11 @@ def test_companies_load_and_mail_is_processed_with_state_in_supabase(dovecot, pg
         emails = run.wait_emails(2)
         assert {e["tenant_id"]: e["subject"] for e in emails} == {"acme": "for acme", "beta": "for beta"}
         # Checkpoint and ledger live in the database, keyed by company id; nothing in SQLite.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and len(pg_db.execute("SELECT 1 FROM processed_emails")) < 2:
-            time.sleep(0.05)
+        # mark_done writes the ledger row, then the checkpoint: wait for the later one.
+        wait_db(pg_db, "SELECT company_id, last_uid FROM imap_checkpoints ORDER BY company_id",
+                sorted((e["tenant_id"], e["uid"]) for e in emails))
         ledger = pg_db.execute("SELECT company_id, status FROM processed_emails ORDER BY company_id")
         assert ledger == [("acme", "processed"), ("beta", "processed")]
-        checkpoints = dict(pg_db.execute("SELECT company_id, last_uid FROM imap_checkpoints"))
-        assert checkpoints == {e["tenant_id"]: e["uid"] for e in emails}
         assert not (run.state_dir / "checkpoints.sqlite3").exists()
         assert_no_key_leaked(run)
 
@@ -214,4 +220,4 @@ def test_no_duplicates_across_a_child_crash(dovecot, pg_db, postgrest, tmp_path)
         assert len(emails) == len(unique_emails(emails)) == 6
         assert sorted(e["subject"] for e in emails) == sorted(
             [f"before {i}" for i in range(3)] + [f"while down {i}" for i in range(3)])
-        assert pg_db.execute("SELECT count(*) FROM processed_emails") == [(6,)]
+        wait_db(pg_db, "SELECT count(*) FROM processed_emails WHERE status = 'processed'", [(6,)])
