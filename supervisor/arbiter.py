@@ -26,6 +26,7 @@ from ipc import protocol
 from supervisor import sdnotify
 from supervisor.childproc import child_entry
 from supervisor.config import Config, ConfigError, load_config
+from supervisor.metrics import LatencyHistogram, MetricsError, MetricsServer
 from supervisor.pidfile import PidFile
 from supervisor.sources import SourceError, load_tenants
 from supervisor.status import build_status, summary_line, write_status
@@ -65,6 +66,8 @@ class Arbiter:
         self.next_watchdog = 0.0
         self.watchdog_period = sdnotify.watchdog_interval()
         self.last_summary = ""
+        self.latency = LatencyHistogram()
+        self.metrics: MetricsServer | None = None
         self.is_pid1 = os.getpid() == 1  # in a container: orphans re-parented to us are ours to reap
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -89,6 +92,13 @@ class Arbiter:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.pidfile.acquire()
         sdnotify.forget_notify_socket()  # children must never inherit NOTIFY_SOCKET
+        if self.config.metrics.listen:
+            try:
+                self.metrics = MetricsServer(self.config.metrics.listen,
+                                             lambda: list(self.records.values()), self.latency)
+            except MetricsError as exc:
+                self.pidfile.release()
+                raise ConfigError(str(exc)) from None
         self._install_signals()
         policy = self.restart_policy()
         log.info("supervisor started (pid %d, config %s, restart backoff %.0fs)",
@@ -101,6 +111,8 @@ class Arbiter:
 
     def cleanup(self) -> None:
         self.kill_survivors()
+        if self.metrics is not None:
+            self.metrics.close()
         self.write_status_now()
         self.pidfile.release()
         signal.set_wakeup_fd(-1)
@@ -113,6 +125,8 @@ class Arbiter:
         ready_set = set(ready)
         self._drain_wakeup(ready_set)
         self.handle_signals()
+        if self.metrics is not None and self.metrics in ready_set:
+            self.metrics.serve_ready()
         self.read_messages(ready_set)
         self.reap_children()
         if self.is_pid1:
@@ -129,6 +143,8 @@ class Arbiter:
 
     def _wait_objects(self) -> list[Any]:
         objects: list[Any] = [self._wake_r]
+        if self.metrics is not None:
+            objects.append(self.metrics)
         for record in self.records.values():
             handle = record.handle
             if handle is None:
@@ -331,7 +347,8 @@ class Arbiter:
         assert spec is not None
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         siblings = [r.handle.conn for r in self.records.values() if r.handle is not None]
-        inherited = _InheritedFds(siblings, parent_conn, self.pidfile, self._wake_r, self._wake_w)
+        inherited = _InheritedFds(siblings, parent_conn, self.pidfile, self._wake_r, self._wake_w,
+                                  self.metrics.sock if self.metrics is not None else None)
         process = self.ctx.Process(
             target=child_entry,
             args=(spec, child_conn, inherited, os.getpid()),
@@ -394,6 +411,9 @@ class Arbiter:
             record.on_fatal(str(message.get("kind", "error")), str(message.get("reason", "")))
         elif kind == "processed":
             record.last_heartbeat = now
+            latency = message.get("latency")
+            if isinstance(latency, (int, float)) and latency >= 0:
+                self.latency.observe(float(latency))
         else:
             log.warning("[%s] unexpected IPC message type %r dropped", record.name, kind)
 
@@ -531,6 +551,7 @@ class _InheritedFds:
     pidfile: PidFile
     wake_r: socket.socket | None
     wake_w: socket.socket | None
+    metrics_sock: socket.socket | None = None
 
     def close_all(self) -> None:
         for conn in [*self.sibling_conns, self.own_parent_conn]:
@@ -539,7 +560,7 @@ class _InheritedFds:
             except OSError:
                 pass
         self.pidfile.close_in_child()
-        for sock in (self.wake_r, self.wake_w):
+        for sock in (self.wake_r, self.wake_w, self.metrics_sock):
             if sock is not None:
                 sock.close()
 

@@ -54,6 +54,11 @@ class TenantSourceSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = ""  # "127.0.0.1:9464" serves Prometheus metrics; empty: off
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     base_dir: str
@@ -62,6 +67,7 @@ class Config:
     handler: HandlerSpec
     state: StateSpec
     tenants: TenantSourceSettings
+    metrics: MetricsSettings = MetricsSettings()
     raw_tenants: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)
 
 
@@ -74,7 +80,7 @@ class TenantLoad:
 
 
 ENV_PREFIX = "IDLE_SUPERVISOR_"
-ENV_SECTIONS = ("supervisor", "imap", "handler", "tenants", "state")
+ENV_SECTIONS = ("supervisor", "imap", "handler", "tenants", "state", "metrics")
 # IDLE_SUPERVISOR_* variables that are CLI defaults, not config keys.
 _ENV_NOT_CONFIG = {"IDLE_SUPERVISOR_CONFIG", "IDLE_SUPERVISOR_LOG_LEVEL", "IDLE_SUPERVISOR_LOG_FORMAT"}
 
@@ -236,7 +242,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         table.update(values)
     if path is None and environ.get("SUPABASE_URL"):
         data.setdefault("tenants", {}).setdefault("source", "supabase")
-    known_sections = {"supervisor", "imap", "handler", "tenants", "tenant", "state"}
+    known_sections = {"supervisor", "imap", "handler", "tenants", "tenant", "state", "metrics"}
     unknown = set(data) - known_sections
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
@@ -261,6 +267,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     if tenants.source not in ("file", "supabase"):
         raise ConfigError("[tenants] source must be 'file' or 'supabase'")
     state = _state_spec(data.get("state"), str(state_dir), tenants.source, environ)
+    metrics = _dataclass_from_table(MetricsSettings, data.get("metrics"), "metrics")
 
     raw_tenants: list[Mapping[str, Any]] = []
     if tenants.source == "file":
@@ -274,6 +281,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         handler=handler,
         state=state,
         tenants=tenants,
+        metrics=metrics,
         raw_tenants=tuple(raw_tenants),
     )
 

@@ -46,6 +46,7 @@ class SupervisorRun:
     imap: dict[str, Any] = field(default_factory=dict)
     handler: dict[str, Any] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    extra_sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {"metrics": {...}}
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -66,6 +67,7 @@ class SupervisorRun:
         handler = self.handler or {"target": "tenant_proc.handlers:jsonl",
                                    "path": str(self.jsonl_path)}
         lines = [_table("supervisor", supervisor), _table("imap", imap), _table("handler", handler)]
+        lines += [_table(name, table) for name, table in self.extra_sections.items()]
         for t in self.tenants:
             row: dict[str, Any] = {
                 "id": t.id, "name": t.name or t.id, "host": t.host,

@@ -1,0 +1,173 @@
+"""Optional Prometheus endpoint (`[metrics] listen = "127.0.0.1:9464"`), served by the parent.
+
+No thread: the parent forks, and a thread holding a lock at fork time leaves that lock held
+forever in the child. The listening socket and each scrape connection are waited on by the
+arbiter's one loop like everything else. Values are read from the tenant records at scrape
+time (heartbeats already carry them), so an idle supervisor spends nothing on metrics.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import socket
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+from supervisor.tenants import TenantRecord
+
+log = logging.getLogger("supervisor.metrics")
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MAX_REQUEST_BYTES = 8192
+CLIENT_TIMEOUT = 1.0  # a scrape must not stall the supervisor's loop for longer
+
+
+class MetricsError(Exception):
+    pass
+
+
+class LatencyHistogram:
+    """Seconds from "the tenant noticed the mail" to "the handler returned", all tenants."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        running, buckets = 0, []
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.counts):
+            running += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return buckets
+
+
+class MetricsServer:
+    def __init__(self, listen: str, records: Callable[[], Iterable[TenantRecord]],
+                 histogram: LatencyHistogram) -> None:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise MetricsError(f"[metrics] listen must be HOST:PORT, got {listen!r}")
+        try:
+            from prometheus_client import CollectorRegistry, generate_latest  # noqa: F401
+        except ImportError:
+            raise MetricsError("[metrics] needs prometheus-client: pip install "
+                               "'idle-supervisor[metrics]'") from None
+        self._generate = generate_latest
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(records, histogram))
+        try:
+            self.sock = socket.create_server((host.strip("[]"), int(port)), backlog=16)
+        except OSError as exc:
+            raise MetricsError(f"[metrics] cannot listen on {listen}: {exc.strerror or exc}") from None
+        self.sock.setblocking(False)
+        self.address = self.sock.getsockname()[:2]
+        log.info("metrics on http://%s:%d/metrics", *self.address)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def serve_ready(self) -> None:
+        """Accept and answer every waiting scrape (each bounded by CLIENT_TIMEOUT)."""
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("metrics accept failed: %s", exc)
+                return
+            with conn:
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(CLIENT_TIMEOUT)
+        deadline = time.monotonic() + CLIENT_TIMEOUT
+        request = b""
+        try:
+            while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST_BYTES:
+                if time.monotonic() > deadline:
+                    return
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            line = request.split(b"\r\n", 1)[0].split()
+            if len(line) < 2 or line[0] not in (b"GET", b"HEAD"):
+                conn.sendall(_response(405, b"method not allowed\n"))
+            elif line[1].split(b"?")[0] not in (b"/metrics", b"/"):
+                conn.sendall(_response(404, b"not found: try /metrics\n"))
+            else:
+                body = self._generate(self.registry)
+                conn.sendall(_response(200, body if line[0] == b"GET" else b"",
+                                       "text/plain; version=0.0.4; charset=utf-8", len(body)))
+        except OSError:
+            pass  # the scraper went away; nothing to do
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _response(code: int, body: bytes, ctype: str = "text/plain", length: int | None = None) -> bytes:
+    reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}[code]
+    head = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\nConnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+class _Collector:
+    def __init__(self, records: Callable[[], Iterable[TenantRecord]], histogram: LatencyHistogram) -> None:
+        self.records = records
+        self.histogram = histogram
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        records = list(self.records())
+        by_state = GaugeMetricFamily("idle_supervisor_tenants", "Tenants by state", labels=["state"])
+        counts: dict[str, int] = {}
+        for r in records:
+            counts[r.display_state()] = counts.get(r.display_state(), 0) + 1
+        for state in ("starting", "connecting", "idle", "polling", "processing", "backoff",
+                      "failed", "stopped"):
+            by_state.add_metric([state], counts.pop(state, 0))
+        for state, n in counts.items():
+            by_state.add_metric([state], n)
+        yield by_state
+
+        labels = ["tenant", "name"]
+        families = {
+            "processed": CounterMetricFamily("idle_supervisor_emails_processed",
+                                             "Emails handled successfully", labels=labels),
+            "failed": CounterMetricFamily("idle_supervisor_emails_failed",
+                                          "Emails recorded as failed after max_attempts", labels=labels),
+            "reconnects": CounterMetricFamily("idle_supervisor_reconnects",
+                                              "In-process IMAP reconnects", labels=labels),
+        }
+        restarts = CounterMetricFamily("idle_supervisor_restarts", "Process restarts", labels=labels)
+        silence = GaugeMetricFamily("idle_supervisor_server_idle_seconds",
+                                    "Seconds since the last byte from the IMAP server", labels=labels)
+        for r in records:
+            key = [r.id, r.name]
+            for name, family in families.items():
+                family.add_metric(key, r.counters[name])
+            restarts.add_metric(key, r.restarts)
+            if r.server_idle_age is not None and r.is_alive():
+                silence.add_metric(key, r.server_idle_age)
+        yield from families.values()
+        yield restarts
+        yield silence
+        yield HistogramMetricFamily(
+            "idle_supervisor_handling_latency_seconds",
+            "From the tenant noticing new mail to the handler returning",
+            buckets=self.histogram.cumulative(), sum_value=self.histogram.total,
+        )
