@@ -7,6 +7,7 @@ ConnectionLost (network, server busy: try again later).
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import ssl
 
@@ -16,6 +17,10 @@ from imapclient.exceptions import CapabilityError, LoginError
 from tenant_proc.spec import TenantSpec
 
 SECURITY_LABELS = {"tls": "TLS", "starttls": "STARTTLS", "plain": "plain text"}
+# Exchange/Office 365 throttling: "BAD Request is throttled. Suggested Backoff Time: 299910
+# milliseconds" (also as NO, often followed by BYE). The server says how long; believe it.
+THROTTLE_RE = re.compile(r"Suggested Backoff Time:\s*(\d+)", re.IGNORECASE)
+MAX_SERVER_BACKOFF = 900.0  # never sleep longer than the failed-tenant backoff on its word
 
 
 class FatalError(Exception):
@@ -69,9 +74,19 @@ def login(client: IMAPClient, spec: TenantSpec) -> None:
     try:
         client.login(spec.username, spec.password.reveal())
     except LoginError as exc:
-        if "[UNAVAILABLE]" in str(exc):  # the server's auth backend is down: retry later
+        # The auth backend is down, or the server throttles us: not a wrong password, retry later
+        # (a throttled LOGIN must not put the tenant in `failed` for 15 minutes).
+        if "[UNAVAILABLE]" in str(exc) or suggested_backoff(str(exc)) is not None:
             raise ConnectionLost(f"login temporarily unavailable: {exc}") from None
         raise FatalError("auth", f"login failed for {spec.username} at {spec.host}:{spec.port}: {exc}") from None
+
+
+def suggested_backoff(text: str) -> float | None:
+    """Seconds the server asked us to wait ("Suggested Backoff Time: N ms"), or None."""
+    match = THROTTLE_RE.search(text)
+    if match is None:
+        return None
+    return min(int(match.group(1)) / 1000.0, MAX_SERVER_BACKOFF)
 
 
 def tune_socket(sock: socket.socket) -> None:

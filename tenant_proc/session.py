@@ -16,7 +16,9 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from imapclient.imapclient import _parse_untagged_response
 
-from tenant_proc.connect import SECURITY_LABELS, ConnectionLost, FatalError, login, open_client
+from tenant_proc.connect import (
+    SECURITY_LABELS, ConnectionLost, FatalError, login, open_client, suggested_backoff,
+)
 from tenant_proc.control import Control, StopRequested
 from tenant_proc.mailbox import Mailbox, Notice
 from tenant_proc.spec import TenantSpec
@@ -57,7 +59,7 @@ class Session:
             except RECONNECT_ERRORS as exc:
                 self._drop()
                 try:
-                    self._back_off(exc, backoff)
+                    self._back_off(exc, reconnect_delay(backoff, exc))
                 except StopRequested:
                     return
                 backoff = min(backoff * 2, self.spec.imap.reconnect_backoff_max)
@@ -68,7 +70,6 @@ class Session:
         control.check()  # the error may be the stop itself (e.g. a signal during a read)
         control.counters["reconnects"] += 1
         control.last_error = _short_error(exc)
-        delay *= random.uniform(0.8, 1.2)  # many tenants on one server must not reconnect in step
         self.log.warning("%s; reconnecting in %.1fs", control.last_error, delay)
         control.set_state("backoff")
         control.sleep(delay)
@@ -263,6 +264,19 @@ def _announced_meanwhile(client: IMAPClient) -> bool:
 
 def _has_new_mail(responses: list[Any]) -> bool:
     return any(len(r) >= 2 and r[1] in NEW_MAIL for r in responses if isinstance(r, tuple))
+
+
+def reconnect_delay(backoff: float, exc: BaseException, rng: random.Random | None = None) -> float:
+    """The jittered wait before the next connect; a server's "Suggested Backoff Time" wins.
+
+    Jitter: many tenants on one server must not reconnect in step. A throttled tenant waits
+    at least what the server asked (jitter only upwards), or the next LOGIN is throttled again.
+    """
+    rng = rng or random
+    asked = suggested_backoff(str(exc))
+    if asked is not None and asked >= backoff:
+        return asked * rng.uniform(1.0, 1.2)
+    return backoff * rng.uniform(0.8, 1.2)
 
 
 def _short_error(exc: BaseException) -> str:
