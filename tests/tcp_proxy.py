@@ -64,6 +64,9 @@ class _Link:
 
     def _watch_command(self, data: bytes) -> None:
         proxy = self.proxy
+        for line in data.split(b"\r\n"):
+            if b" FETCH " in line:
+                proxy.fetch_commands.append(line)
         if b"FETCH" in data and b"BODY.PEEK[]" in data and proxy.cuts_left > 0 and not self.cut_armed:
             proxy.cuts_left -= 1
             self.cut_armed, self.cut_after, self.answer_bytes = True, proxy.cut_bytes, 0
@@ -89,6 +92,7 @@ class TcpProxy:
         self.cuts_left = 0
         self.cut_bytes = 0
         self.cuts_done = 0
+        self.fetch_commands: list[bytes] = []  # FETCH command lines from clients (plain text only)
         self._listener = socket.create_server((host, 0))
         self._listener.settimeout(POLL)
         self.host, self.port = host, self._listener.getsockname()[1]
