@@ -55,7 +55,8 @@ def main() -> int:
         print(f"\nAPPEND -> handled: median {statistics.median(latencies):.3f}s, "
               f"max {max(latencies):.3f}s over {len(latencies)} emails "
               "(Dovecot itself waits 0.5s before telling an IDLE client).")
-        print(f"config used: {run.config_path}  log: {run.log_path}")
+        if args.keep:
+            print(f"config used: {run.config_path}  log: {run.log_path}")
     if not args.keep:
         import shutil
 
