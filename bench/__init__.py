@@ -1,0 +1,1 @@
+"""Benchmarks for issue 6 (performance). Run them all with `bench/run [--quick]`."""

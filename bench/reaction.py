@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Reaction: N tenants get one email each at the same moment; how fast is each handled?
+
+Overhead = handler called minus the moment the tenant read the server's EXISTS (email.detected_at,
+set by the tenant right after reading it). Full = handler called minus the start of the APPEND.
+Baseline (same run): one bare imapclient IDLE loop in one process, no supervisor, doing the same
+DONE + UID SEARCH + FETCH + parse after each EXISTS. Polling: tenants on a server address that
+hides IDLE, quick mode with a short poll_interval (expected value: interval / 2 + the overhead).
+"""
+from __future__ import annotations
+
+import email
+import email.policy
+import imaplib
+import json
+import os
+import threading
+import time
+
+from common import Bench, bare_connect, median, password, pct, target, user, wait_all
+from tests.dovecot import make_message
+from tests.supervisor_run import TenantEntry
+
+
+def appender(dc, i: int) -> imaplib.IMAP4:
+    imap = imaplib.IMAP4(dc.host, dc.imap_port, timeout=30)
+    imap.login(user(i), password(i))
+    return imap
+
+
+def append_all(conns: list[tuple[int, imaplib.IMAP4]], tag: str) -> dict[int, float]:
+    """APPEND one email to every mailbox at once (one thread each); returns start times."""
+    barrier = threading.Barrier(len(conns))
+    started: dict[int, float] = {}
+
+    def one(i: int, imap: imaplib.IMAP4) -> None:
+        msg = make_message(f"{tag} {i}")
+        barrier.wait(30)
+        started[i] = time.time()
+        typ, _ = imap.append("INBOX", None, None, msg)
+        assert typ == "OK"
+
+    threads = [threading.Thread(target=one, args=c) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return started
+
+
+def read_stamps(path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def wait_stamps(path, count: int, timeout: float) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stamps = read_stamps(path)
+        if len(stamps) >= count:
+            return stamps
+        time.sleep(0.05)
+    raise RuntimeError(f"only {len(read_stamps(path))}/{count} emails handled after {timeout}s")
+
+
+def bare_baseline(dc, i: int, rounds: int) -> tuple[list[float], list[float]]:
+    """One process, one connection: IDLE, EXISTS -> DONE, SEARCH, FETCH, parse, 'handler'."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            client = bare_connect(dc, i)
+            last = max(client.search(["ALL"]) or [0])
+            for _ in range(rounds):
+                client.idle()
+                os.write(w, b"i")  # idling: the parent may append now
+                while True:
+                    resp = client.idle_check(timeout=10)
+                    if any(x[1] == b"EXISTS" for x in resp if isinstance(x, tuple) and len(x) > 1):
+                        break
+                detected = time.time()
+                client.idle_done()
+                uids = [u for u in client.search(["UID", f"{last + 1}:*"]) if u > last]
+                data = client.fetch(uids, ["BODY.PEEK[]", "INTERNALDATE", "RFC822.SIZE"])
+                for uid in uids:
+                    email.message_from_bytes(data[uid][b"BODY[]"], policy=email.policy.default)
+                    called = time.time()
+                    os.write(w, json.dumps({"d": detected, "c": called}).encode().ljust(100) + b"\n")
+                last = max(uids)
+            client.logout()
+        finally:
+            os._exit(0)
+    os.close(w)
+    reader = os.fdopen(r, "rb")
+    imap = appender(dc, i)
+    overhead, full = [], []
+    try:
+        for _ in range(rounds):
+            assert reader.read(1) == b"i"
+            time.sleep(0.05)
+            t = time.time()
+            imap.append("INBOX", None, None, make_message("baseline"))
+            rec = json.loads(reader.read(101))
+            overhead.append(rec["c"] - rec["d"])
+            full.append(rec["c"] - t)
+    finally:
+        imap.logout()
+        os.waitpid(pid, 0)
+    return overhead, full
+
+
+def main() -> None:
+    with Bench("reaction", __doc__) as b:
+        n = 100
+        rounds = 3 if b.quick else 10
+        base_rounds = 6 if b.quick else 40
+        n_poll = 20
+        poll_interval = 4 if b.quick else 60
+        b.limit(120 if b.quick else 400)
+        dc = b.dovecot(n + n_poll + 1)
+
+        b.log(f"baseline: bare IDLE loop, {base_rounds} emails")
+        base_over, base_full = bare_baseline(dc, n + n_poll, base_rounds)
+
+        stamps = b.workdir / "stamps.jsonl"
+        polls = [TenantEntry(id=f"p{i:04d}", name=f"Poller {i:04d}", user=user(i), password=password(i),
+                             host="127.0.0.2") for i in range(n, n + n_poll)]
+        sup = b.supervisor(dc, n, imap={"poll_interval": poll_interval}, extra=polls,
+                           handler={"target": "bench.handlers:stamp", "path": str(stamps)})
+        sup.start(wait_running=False)
+        wait_all(sup, n + n_poll, ("idle", "polling"), timeout=90)
+        time.sleep(1)
+        conns = [(i, appender(dc, i)) for i in range(n)]
+        over, full = [], []
+        for r in range(rounds):
+            b.log(f"round {r + 1}/{rounds}: {n} emails at once")
+            before = len(read_stamps(stamps))
+            started = append_all(conns, f"round {r}")
+            got = wait_stamps(stamps, before + n, 30)[before:]
+            for s in got:
+                i = int(s["tenant_id"][1:])
+                over.append(s["called_at"] - s["detected_at"])
+                full.append(s["called_at"] - started[i])
+            time.sleep(0.5)
+        for _, imap in conns:
+            imap.logout()
+
+        b.log(f"polling: {n_poll} tenants, poll_interval {poll_interval}s")
+        before = len(read_stamps(stamps))
+        pconns = [(i, appender(dc, i)) for i in range(n, n + n_poll)]
+        started = append_all(pconns, "poll")
+        got = wait_stamps(stamps, before + n_poll, poll_interval * 1.5 + 10)[before:]
+        poll_full = [s["called_at"] - started[int(s["tenant_id"][1:])] for s in got]
+        for _, imap in pconns:
+            imap.logout()
+        sup.stop(timeout=30)
+
+        ms = lambda xs: round(1000 * xs, 1)  # noqa: E731
+        med, p99 = median(over), pct(over, 99)
+        b.emit({
+            "tenants": n, "emails": len(over),
+            "overhead_ms": {"median": ms(med), "p99": ms(p99), "max": ms(max(over))},
+            "append_to_handler_ms": {"median": ms(median(full)), "p99": ms(pct(full, 99))},
+            "baseline_overhead_ms": {"median": ms(median(base_over)), "p99": ms(pct(base_over, 99)),
+                                     "n": len(base_over)},
+            "baseline_append_to_handler_ms": {"median": ms(median(base_full))},
+            "poll": {"interval_s": poll_interval, "tenants": n_poll,
+                     "append_to_handler_s": {"median": round(median(poll_full), 2),
+                                             "max": round(max(poll_full), 2)},
+                     "expected_median_s": round(poll_interval / 2, 2),
+                     "expected_at_60s": "median 30 s, max 60 s (uniform phase)"},
+        }, [target(f"reaction overhead, EXISTS read -> handler called, median ({n} tenants at once)",
+                   ms(med), "ms", 10.0, f"{ms(median(base_over))} ms (bare loop, 1 mailbox)"),
+            target("reaction overhead p99", ms(p99), "ms", 50.0, f"{ms(pct(base_over, 99))} ms (bare)"),
+            target("APPEND -> handler called, median (info)", ms(median(full)), "ms", float("inf"),
+                   f"{ms(median(base_full))} ms (bare)", ok=True,
+                   note="Dovecot delays IDLE notifications by 0.5 s"),
+            target(f"polling every {poll_interval}s: APPEND -> handler, median (info)",
+                   round(median(poll_full), 2), "s", float("inf"),
+                   f"expected {poll_interval / 2:.1f} s; at 60 s: 30 s median, 60 s max", ok=True)])
+
+
+if __name__ == "__main__":
+    main()
