@@ -25,14 +25,27 @@ def jsonl(email: Email, context: HandlerContext) -> None:
     path = _resolve_path(context, context.options["path"])
     line = orjson.dumps(_jsonl_record(email)) + b"\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        if email.redelivered and _already_written(fd, email):
+            # The process before us wrote this line and died before recording it as done.
+            context.logger.info("uid %d redelivered: its line is already in %s", email.uid, path)
+            return
         written = os.write(fd, line)
         if written != len(line):
             raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _already_written(fd: int, email: Email) -> bool:
+    """Does the file hold a line for this (tenant, folder, uidvalidity, uid)? Only asked for a
+    redelivered email (rare), so one scan of the file is fine."""
+    key = orjson.dumps({"tenant_id": email.tenant_id, "folder": email.folder, "uid": email.uid,
+                        "uidvalidity": email.uidvalidity})[:-1] + b","  # the line's own prefix
+    size = os.fstat(fd).st_size
+    return size > 0 and (b"\n" + key) in b"\n" + os.pread(fd, size, 0)
 
 
 def _jsonl_record(email: Email) -> dict[str, Any]:
@@ -78,6 +91,7 @@ def command(email: Email, context: HandlerContext) -> None:
         IDLE_UIDVALIDITY=str(email.uidvalidity),
         IDLE_MESSAGE_ID=email.message_id or "",
         IDLE_FOLDER=email.folder,
+        IDLE_REDELIVERED="1" if email.redelivered else "",  # may already have been handled
     )
     result = subprocess.run(
         argv,

@@ -131,15 +131,20 @@ class Mailbox:
         spec = self.spec
         assert self.checkpoint is not None
         uidvalidity = self.checkpoint.uidvalidity
-        if self.store.is_done(spec.id, spec.folder, uidvalidity, uid):
+        previous = self._begin_attempt(uidvalidity, uid)
+        if previous in ("processed", "failed"):
             self._advance(uid)  # finished before a crash the backend could not make atomic
             return True
+        redelivered = previous == "handling"
+        if redelivered:
+            self.log.warning("uid %d was being handled when a process died: handing it over "
+                             "again as redelivered", uid)
         truncated = b"BODY[]" not in data
         raw = data.get(b"BODY[]") if not truncated else data.get(b"BODY[HEADER]")
         envelope = Envelope(
             tenant_id=spec.id, folder=spec.folder, uid=uid, uidvalidity=uidvalidity,
             size=int(data.get(b"RFC822.SIZE", 0)), received_at=_epoch(data.get(b"INTERNALDATE")),
-            detected_at=notice.wall, truncated=truncated,
+            detected_at=notice.wall, truncated=truncated, redelivered=redelivered,
         )
         message_id: str | None = None
         try:
@@ -157,6 +162,14 @@ class Mailbox:
         self.log.info("processed uid %d %s in %.3fs", uid, email.message_id, latency)
         self.control.send(protocol.processed(uid, uidvalidity, email.message_id, "processed", latency))
         return True
+
+    def _begin_attempt(self, uidvalidity: int, uid: int) -> str | None:
+        """The UID's previous ledger status; marks it "handling" where the backend can."""
+        spec = self.spec
+        begin = getattr(self.store, "begin_attempt", None)
+        if begin is not None:
+            return begin(spec.id, spec.folder, uidvalidity, uid)
+        return "processed" if self.store.is_done(spec.id, spec.folder, uidvalidity, uid) else None
 
     def _handler_failed(self, uid: int, message_id: str | None, exc: Exception, notice: Notice) -> bool:
         spec = self.spec

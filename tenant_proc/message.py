@@ -38,6 +38,9 @@ class Email:
     received_at: float = 0.0  # epoch, from the server's INTERNALDATE
     detected_at: float = 0.0  # epoch, when this tenant noticed the mail
     truncated: bool = False  # larger than max_message_bytes: raw holds the header only
+    # A process died while handling this email, after the handler was called and before its
+    # outcome was recorded: the handler may already have done its work. Make it idempotent.
+    redelivered: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Envelope:
     received_at: float
     detected_at: float
     truncated: bool = False
+    redelivered: bool = False
 
 
 def parse_email(raw: bytes, env: Envelope) -> Email:
@@ -76,6 +80,7 @@ def parse_email(raw: bytes, env: Envelope) -> Email:
         received_at=env.received_at,
         detected_at=env.detected_at,
         truncated=env.truncated,
+        redelivered=env.redelivered,
     )
 
 

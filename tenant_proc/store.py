@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS ledger (
 );
 """
 
-# Only statuses that finish a UID are "done"; "retrying" rows just count attempts.
+# Only statuses that finish a UID are "done"; "retrying" rows just count attempts, and a
+# "handling" row says a handler was called and has not returned (yet, or ever: a crash).
 DONE_STATUSES = ("processed", "failed")
 
 
@@ -128,7 +129,7 @@ class SqliteStore:
                     "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, 'retrying', 1, ?, ?) "
                     "ON CONFLICT (tenant_id, folder, uidvalidity, uid) DO UPDATE SET "
                     "attempts = ledger.attempts + 1, error = excluded.error, "
-                    "updated_at = excluded.updated_at",
+                    "status = 'retrying', updated_at = excluded.updated_at",
                     (tenant_id, folder, uidvalidity, uid, message_id, error, time.time()),
                 )
             ]
@@ -139,6 +140,35 @@ class SqliteStore:
             (tenant_id, folder, uidvalidity, uid),
         )
         return int(row[0]) if row else 1
+
+    def begin_attempt(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> str | None:
+        """Note that the handler is about to run; return the UID's previous ledger status.
+
+        "handling" coming back means an earlier process called the handler for this UID and died
+        before recording the outcome (SIGKILL, OOM, power): the handler may have done its work,
+        so the email is handed over as redelivered. A done UID is left as it is.
+        """
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT status FROM ledger WHERE tenant_id = ? AND folder = ? "
+                    "AND uidvalidity = ? AND uid = ?", (tenant_id, folder, uidvalidity, uid),
+                ).fetchone()
+                if row is None or row[0] not in DONE_STATUSES:
+                    self._db.execute(
+                        "INSERT INTO ledger VALUES (?, ?, ?, ?, NULL, 'handling', 0, NULL, ?) "
+                        "ON CONFLICT (tenant_id, folder, uidvalidity, uid) DO UPDATE SET "
+                        "status = 'handling', updated_at = excluded.updated_at",
+                        (tenant_id, folder, uidvalidity, uid, time.time()),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"checkpoint store write failed: {exc}") from None
+        return row[0] if row else None
 
     def is_done(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> bool:
         row = self._query_one(

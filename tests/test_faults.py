@@ -213,6 +213,7 @@ class PropertyWorld:
         self.flaky_failed: set[tuple[int, int]] = set()
         self.crash_in_handler = False
         self.crash_before_mark = False
+        self.interrupted: set[tuple[int, int]] = set()  # a crash hit while its handler ran
         self.last_checkpoint: tuple[int, int] | None = None
         self.store: SqliteStore | None = None
         self.start()
@@ -230,6 +231,7 @@ class PropertyWorld:
                 if status == "processed" and world.crash_before_mark:
                     world.crash_before_mark = False
                     world.crash_after[(uidvalidity, uid)] += 1
+                    world.interrupted.add((uidvalidity, uid))
                     raise Crash("killed between handler return and mark_done")
                 super().mark_done(tenant_id, folder, uidvalidity, uid, message_id, status, error)
 
@@ -249,8 +251,12 @@ class PropertyWorld:
         assert checkpoint.uidvalidity != email.uidvalidity or email.uid > checkpoint.last_uid
         assert key not in self.finished_seen
         assert not self.store.is_done("t", "INBOX", *key)
+        # Redelivered exactly when an earlier attempt was cut short by a crash.
+        assert email.redelivered == (key in self.interrupted), (key, email.redelivered)
+        self.interrupted.discard(key)
         if self.crash_in_handler:
             self.crash_in_handler = False
+            self.interrupted.add(key)
             raise Crash("killed inside the handler")
         if email.subject.startswith("poison") or (email.subject.startswith("flaky")
                                                   and key not in self.flaky_failed):
@@ -682,3 +688,26 @@ def test_state_dir_files_are_private(dovecot, tmp_path):
             assert names.get(name) == 0o600, (name, oct(names.get(name) or 0), names)
         assert all(mode & 0o077 == 0 for mode in names.values()), {n: oct(m) for n, m in names.items()}
         assert stat.S_IMODE(run.jsonl_path.stat().st_mode) == 0o600
+
+
+@integration
+def test_sigkill_after_the_handler_before_the_ledger_is_not_a_duplicate(dovecot, tmp_path):
+    """The one window a crash can hit: the handler's effect is done, mark_done never ran.
+
+    The email comes back after the restart marked `redelivered`, and the jsonl handler does not
+    write a line it already wrote."""
+    dovecot.add_user("acme", "acme-pw")
+    handler = {"target": "tests.fault_handlers:jsonl_then_die", "path": str(tmp_path / "emails.jsonl"),
+               "die_after": ["victim"], "marker_dir": str(tmp_path / "markers")}
+    with SupervisorRun(tmp_path, dovecot, [TenantEntry("acme", "acme", "acme-pw")], handler=handler,
+                       supervisor={"restart_backoff": 0.5}).start() as run:
+        dovecot.deliver("acme", make_message("victim"))
+        dovecot.deliver("acme", make_message("after it"))
+        run.wait_for(lambda s: s["tenants"]["acme"]["restarts"] == 1
+                     and s["tenants"]["acme"]["state"] == "idle"
+                     and s["tenants"]["acme"]["processed"] >= 1, 15, "restart after the kill")
+        run.wait_emails(2)
+        time.sleep(1)
+        assert_exactly_once(run.emails(), {"acme": {"victim", "after it"}})
+        assert len(run.emails()) == 2
+        assert "redelivered" in run.log_text()
