@@ -289,9 +289,22 @@ def rpc_query(conn: psycopg.Connection, schema: str, name: str, args: dict[str, 
     call_args = sql.SQL(", ").join(
         sql.SQL("{} => CAST(%s AS {})").format(sql.Identifier(k), sql.SQL(types[k])) for k in args)
     # JSON values (objects, arrays) go in as JSON text; scalars as their text form.
-    params = [json.dumps(v) if isinstance(v, (dict, list)) else (None if v is None else str(v))
-              for v in args.values()]
+    params = [rpc_param(v, types[k]) for k, v in args.items()]
     fn = sql.SQL("{}({})").format(sql.Identifier(schema, name), call_args)
     if retset:
         return as_json_array(sql.SQL("SELECT * FROM {}").format(fn)), params
     return sql.SQL("SELECT to_json({})::text").format(fn), params
+
+
+def rpc_param(value: Any, sql_type: str) -> Any:
+    """One named rpc argument as a query parameter (used by rpc_query).
+
+    JSON objects and arrays go in as JSON text, scalars as their text form; a JSON array for
+    an SQL array parameter (e.g. text[]) becomes a Python list, which psycopg sends as an
+    array, as PostgREST does for `{"ids": ["a", "b"]}` and a `text[]` argument.
+    """
+    if isinstance(value, list) and sql_type.endswith("[]"):
+        return [None if v is None else str(v) for v in value]
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return None if value is None else str(value)
