@@ -22,9 +22,11 @@ from tenant_proc.connect import FatalError
 from tenant_proc.session import Session
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store import open_store
+from tenant_proc.store_api import LeaseLost
 from tenant_proc.title import set_title
 
 EXIT_CRASH = 1
+EXIT_LEASE_LOST = 5  # [cluster]: writes refused; the supervisor's next lease renewal drops us
 PR_SET_PDEATHSIG = 1
 
 
@@ -62,6 +64,9 @@ def _run(spec: TenantSpec, conn: Connection, parent_pid: int, log: logging.Logge
         session.run()
     except FatalError as exc:
         return _fatal(control, log, exc.kind, exc.reason)
+    except LeaseLost as exc:
+        log.error("%s: stopping", exc)
+        return EXIT_LEASE_LOST
     finally:
         store.close()
     _close_handler(handler, log)

@@ -22,7 +22,7 @@ from tenant_proc.connect import (
 from tenant_proc.control import Control, StopRequested
 from tenant_proc.mailbox import Mailbox, Notice
 from tenant_proc.spec import TenantSpec
-from tenant_proc.store_api import StoreError
+from tenant_proc.store_api import LeaseLost, StoreError
 
 BACKOFF_START = 1.0
 PROBE_TIMEOUT = 15.0  # a live server answers DONE in milliseconds
@@ -55,6 +55,9 @@ class Session:
                 return
             except FatalError:
                 self._drop()
+                raise
+            except LeaseLost:  # another instance runs this company now: leave, do not retry
+                self._logout()
                 raise
             except RECONNECT_ERRORS as exc:
                 self._drop()

@@ -115,6 +115,9 @@ class TenantSpec:
     heartbeat_interval: float = 5.0
     shutdown_timeout: float = 10.0
     base_dir: str = "."  # directory of the config file: relative handler paths resolve here
+    # [cluster]: the fencing token of this company's lease, sent with every state write so the
+    # database refuses them once another instance claimed the company. None: not clustered.
+    fencing_token: int | None = None
 
     def public_info(self) -> dict[str, Any]:
         """Tenant info safe to hand to handlers, logs and status: no secrets."""

@@ -50,7 +50,7 @@ def open_store(spec: TenantSpec) -> StateStore:
         from tenant_proc.store_supabase import SupabaseStore
 
         key = spec.state.supabase_key.reveal() if spec.state.supabase_key else ""
-        return SupabaseStore(spec.state.supabase_url, key)
+        return SupabaseStore(spec.state.supabase_url, key, fencing_token=spec.fencing_token)
     return SqliteStore(Path(spec.state.state_dir) / DB_NAME)
 
 

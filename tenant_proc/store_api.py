@@ -53,3 +53,8 @@ class StateStore(Protocol):
 
 class StoreError(RuntimeError):
     """The backend could not read or write; the caller retries later, never skips mail."""
+
+
+class LeaseLost(StoreError):
+    """[cluster]: the database refused a write because another instance now holds this company
+    (a newer fencing token) or the lease expired. Retrying cannot help: the tenant exits."""

@@ -11,13 +11,19 @@ back or overwrite a finished ledger row:
   'retrying' (a done row stays as it was: mark_done is idempotent).
 
 Created inside the tenant process, after the fork (see store.open_store): nothing inherited.
+
+[cluster]: with a fencing token (spec.fencing_token) every write goes through the fenced_* SQL
+functions of sql/002_cluster.sql instead, each one transaction that first checks the company's
+lease still carries this token; is_done (asked before each handler call) also requires the lease
+to be unexpired. A refusal raises LeaseLost and the tenant exits: another instance owns the
+company now, and nothing this process does may land.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any
 
-from tenant_proc.store_api import Checkpoint, StoreError
+from tenant_proc.store_api import Checkpoint, LeaseLost, StoreError
 from tenant_proc.supabase_client import close_client, describe_error, make_client
 
 CHECKPOINTS = "imap_checkpoints"
@@ -32,12 +38,15 @@ ATTEMPT_RETRIES = 5  # optimistic-concurrency rounds for the attempts counter
 # Per request. Well below [supervisor] heartbeat_timeout (30 s by default): a tenant blocked in
 # one store call sends no heartbeat, and a black-holed Supabase must not get it killed as hung.
 STORE_TIMEOUT = 10.0
+LEASE_LOST_CODE = "PT409"  # the SQLSTATE the fence raises; PostgREST answers it as HTTP 409
 
 
 class SupabaseStore:
-    def __init__(self, url: str, key: str, timeout: float = STORE_TIMEOUT) -> None:
+    def __init__(self, url: str, key: str, timeout: float = STORE_TIMEOUT,
+                 fencing_token: int | None = None) -> None:
         self._url = url
         self._key = key  # kept only to scrub it from error text
+        self._token = fencing_token
         try:
             self._client = make_client(url, key, timeout=timeout)
         except Exception as exc:
@@ -55,6 +64,11 @@ class SupabaseStore:
         return Checkpoint(int(rows[0]["uidvalidity"]), int(rows[0]["last_uid"])) if rows else None
 
     def save_checkpoint(self, tenant_id: str, folder: str, checkpoint: Checkpoint) -> None:
+        if self._token is not None:
+            self._fenced("save checkpoint", tenant_id, "fenced_save_checkpoint", {
+                "p_company": tenant_id, "p_folder": folder, "p_uidvalidity": checkpoint.uidvalidity,
+                "p_last_uid": checkpoint.last_uid})
+            return
         row = {"company_id": tenant_id, "folder": folder,
                "uidvalidity": checkpoint.uidvalidity, "last_uid": checkpoint.last_uid}
         self._run("save checkpoint", tenant_id, lambda: (
@@ -73,6 +87,12 @@ class SupabaseStore:
     ) -> None:
         if status not in DONE_STATUSES:
             raise ValueError(f"status must be one of {DONE_STATUSES}, not {status!r}")
+        if self._token is not None:
+            self._fenced("write ledger", tenant_id, "fenced_mark_done", {
+                "p_company": tenant_id, "p_folder": folder, "p_uidvalidity": uidvalidity,
+                "p_uid": uid, "p_message_id": message_id, "p_status": status,
+                "p_error": _clip(error)})
+            return
         key = _ledger_key(tenant_id, folder, uidvalidity, uid)
         fields = {"message_id": message_id, "status": status, "error": _clip(error),
                   "processed_at": _now()}
@@ -90,6 +110,10 @@ class SupabaseStore:
         self, tenant_id: str, folder: str, uidvalidity: int, uid: int,
         message_id: str | None, error: str,
     ) -> int:
+        if self._token is not None:
+            return int(self._fenced("count attempt", tenant_id, "fenced_record_attempt", {
+                "p_company": tenant_id, "p_folder": folder, "p_uidvalidity": uidvalidity,
+                "p_uid": uid, "p_message_id": message_id, "p_error": _clip(error)}))
         key = _ledger_key(tenant_id, folder, uidvalidity, uid)
         first = {**key, "message_id": message_id, "status": "retrying", "attempts": 1,
                  "error": _clip(error)}
@@ -114,6 +138,10 @@ class SupabaseStore:
         raise StoreError(f"tenant {tenant_id}: attempts counter kept changing under us; retry later")
 
     def is_done(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> bool:
+        if self._token is not None:
+            return bool(self._fenced("read ledger", tenant_id, "fenced_is_done", {
+                "p_company": tenant_id, "p_folder": folder, "p_uidvalidity": uidvalidity,
+                "p_uid": uid}))
         key = _ledger_key(tenant_id, folder, uidvalidity, uid)
         rows = self._run("read ledger", tenant_id, lambda: (
             _match(self._client.table(LEDGER).select("status"), key).execute().data))
@@ -140,17 +168,29 @@ class SupabaseStore:
                                                    ignore_duplicates=True, returning="minimal")
             .execute()))
 
+    def _fenced(self, what: str, tenant_id: str, function: str, params: dict[str, Any]) -> Any:
+        params = {**params, "p_token": self._token}
+        return self._run(what, tenant_id, lambda: self._client.rpc(function, params).execute().data)
+
     def _run(self, what: str, tenant_id: str, call: Any) -> Any:
         try:
             return call()
         except StoreError:
             raise
         except Exception as exc:
+            if _is_lease_lost(exc):
+                raise LeaseLost(f"tenant {tenant_id}: {what} refused, "
+                                f"{getattr(exc, 'message', None) or exc}") from None
             reason = describe_error(exc, self._key)
             if getattr(exc, "code", None) == "23503":
                 reason = (f"company {tenant_id!r} is not in the companies table "
                           "(the supabase state backend keys checkpoints by company id)")
             raise StoreError(f"Supabase state store: {what} failed for tenant {tenant_id}: {reason}") from None
+
+
+def _is_lease_lost(exc: BaseException) -> bool:
+    message = str(getattr(exc, "message", "") or "")
+    return getattr(exc, "code", None) == LEASE_LOST_CODE or message.startswith("lease lost")
 
 
 def _ledger_key(tenant_id: str, folder: str, uidvalidity: int, uid: int) -> dict[str, Any]:
