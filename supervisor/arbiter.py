@@ -26,6 +26,7 @@ from typing import Any
 from ipc import protocol
 from supervisor import sdnotify
 from supervisor.childproc import child_entry
+from supervisor.cluster import make_cluster
 from supervisor.config import Config, ConfigError, load_config
 from supervisor.metrics import LatencyHistogram, MetricsError, MetricsServer
 from supervisor.pidfile import PidFile
@@ -84,6 +85,7 @@ class Arbiter:
         self.next_housekeeping = 0.0
         self.status_dirty = True
         self._registered_fixed: set[Any] = set()
+        self.cluster = make_cluster(config)  # [cluster]: None unless enabled (docs/cluster.md)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -124,6 +126,8 @@ class Arbiter:
 
     def cleanup(self) -> None:
         self.kill_survivors()
+        if self.cluster is not None:
+            self.cluster.leave()  # every child is gone: hand every lease back at once
         if self.metrics is not None:
             self.metrics.close()
         self.write_status_now()
@@ -155,6 +159,8 @@ class Arbiter:
             now = time.monotonic()
             self.murder_hung(now)
             self.enforce_stop_deadlines(now)
+            if self.cluster is not None:
+                self.cluster_tick(now)
             if not self.shutting_down:
                 self.refresh_if_due(now)
                 self.start_due(now)
@@ -287,6 +293,8 @@ class Arbiter:
             log.error("tenants not refreshed: %s", _one_line(exc))
             self.next_refresh = now + min(self.config.supervisor.tenant_refresh, SOURCE_RETRY)
             return
+        if self.cluster is not None:
+            load = self.cluster.select(load, now)  # only the companies this instance holds
         wanted: dict[str, Any] = dict(load.specs)
         wanted.update({tid: None for tid in load.errors})
         active = {tid: r.spec for tid, r in self.records.items()
@@ -329,12 +337,33 @@ class Arbiter:
             record.schedule_start(now)
         self.records[tid] = record
 
-    def remove_tenant(self, record: TenantRecord, now: float) -> None:
-        log.info("[%s] removed from tenants: stopping", record.name)
+    def remove_tenant(self, record: TenantRecord, now: float, why: str = "removed from tenants",
+                      timeout: float | None = None) -> None:
+        log.info("[%s] %s: stopping", record.name, why)
         if record.is_alive():
-            self.stop_tenant(record, StopReason.REMOVED, now, self.config.supervisor.shutdown_timeout)
+            if timeout is None:
+                timeout = self.config.supervisor.shutdown_timeout
+            self.stop_tenant(record, StopReason.REMOVED, now, timeout)
         else:
             del self.records[record.id]
+
+    def cluster_tick(self, now: float) -> None:
+        """Leases (supervisor/cluster.py): renew, stop what was lost or handed back, claim more."""
+        actions = self.cluster.maintain(now, lambda tid: tid in self.records
+                                        and self.records[tid].is_alive())
+        if self.shutting_down:
+            return  # everything is stopping already; leases are released after the last exit
+        for tid in actions.lost:
+            if tid in self.records:  # its writes are refused now: no point in a slow goodbye
+                self.remove_tenant(self.records[tid], now, "lease lost",
+                                   self.config.supervisor.kill_timeout)
+        for tid in actions.hand_back:
+            if tid in self.records:
+                self.remove_tenant(self.records[tid], now, "handed back to the cluster")
+        if actions.lost or actions.hand_back:
+            self.status_dirty = True
+        if actions.claim:
+            self.next_refresh = now  # apply_tenants() claims through cluster.select()
 
     def change_tenant(self, record: TenantRecord, spec: Any, error: tuple[str, str] | None,
                       now: float) -> None:
@@ -584,6 +613,8 @@ class Arbiter:
         phase = "stopping" if self.shutting_down else "running"
         status = build_status(os.getpid(), self.started_at_wall, phase, self.records.values(),
                               now, time.time())
+        if self.cluster is not None:
+            status["supervisor"]["cluster"] = self.cluster.status(now)
         try:
             write_status(self.state_dir, status)
         except OSError as exc:

@@ -1,4 +1,4 @@
-"""`idle-supervisor` subcommands: run, status, reload, stop, check.
+"""`idle-supervisor` subcommands: run, status, reload, stop, check, cluster.
 
 Every error a user can cause ends in one line on stderr and a non-zero exit, never a traceback
 and never a secret.
@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("tenant_ids", nargs="*", metavar="TENANT_ID")
     check.add_argument("--timeout", type=float, default=15.0)
     check.set_defaults(func=cmd_check)
+
+    cluster = sub.add_parser("cluster", help="list live supervisor instances and their leases")
+    with_config(cluster)
+    cluster.add_argument("--json", action="store_true")
+    cluster.set_defaults(func=cmd_cluster)
     return parser
 
 
@@ -145,6 +150,12 @@ def format_status_table(status: dict[str, Any]) -> str:
     state = "running" if sup.get("running") else "NOT RUNNING (last known status)"
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(sup.get("started_at") or 0))
     lines = [f"supervisor pid {sup.get('pid')} {state}, started {started}, {sup.get('tenants', 0)} tenants"]
+    cluster = sup.get("cluster")
+    if isinstance(cluster, dict):
+        lines.append(f"cluster instance {cluster.get('instance_id')}: holds {cluster.get('held')} "
+                     f"leases (fair share {cluster.get('fair_share')}, {cluster.get('releasing')} "
+                     f"being handed back), {cluster.get('live_instances')} live instances, "
+                     f"{cluster.get('lost_total')} leases lost so far")
     header = ["TENANT", "NAME", "PID", "STATE", "MODE", "HEARTBEAT", "PROCESSED", "FAILED",
               "RESTARTS", "RSS", "CPU%", "LAST ERROR"]
     rows = [header]
@@ -228,3 +239,41 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{tid} ({spec.name}): {result.summary()}")
         failed = failed or not result.ok
     return 1 if failed else 0
+
+
+# ---- cluster ----------------------------------------------------------------------------
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """Live instances (seen within lease_ttl) and how many companies each holds."""
+    from supervisor.source_supabase import TIMEOUT
+    from tenant_proc.supabase_client import close_client, describe_error, make_client
+
+    _, config = _config(args)
+    if config.state.backend != "supabase" or config.state.supabase_key is None:
+        raise ConfigError("idle-supervisor cluster needs [state] backend = \"supabase\" "
+                          "(SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY)")
+    key = config.state.supabase_key.reveal()
+    client = make_client(config.state.supabase_url, key, timeout=TIMEOUT)
+    try:
+        rows = client.rpc("cluster_instances", {"p_ttl": config.cluster.lease_ttl}).execute().data
+    except Exception as exc:
+        print(f"{PROG}: cannot read the cluster: {describe_error(exc, key)}", file=sys.stderr)
+        return 1
+    finally:
+        close_client(client)
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    table = [["INSTANCE", "HOST", "PID", "COMPANIES", "MAX", "LAST SEEN"]]
+    for r in rows:
+        table.append([str(r["instance_id"]), str(r.get("host") or "-"), str(r.get("pid") or "-"),
+                      str(r["held"]), str(r.get("max_tenants") or "-"),
+                      f"{float(r['last_seen_age']):.1f}s ago"])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    print(f"{len(rows)} live instances, {sum(int(r['held']) for r in rows)} companies held "
+          f"(lease_ttl {config.cluster.lease_ttl:g}s)")
+    for row in table:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return 0

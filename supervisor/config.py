@@ -59,6 +59,16 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """[cluster]: several supervisors share the companies through leases (docs/cluster.md)."""
+
+    enabled: bool = False
+    instance_id: str = ""  # empty: host name + pid, unique per run
+    lease_ttl: float = 30.0  # seconds; renewed every lease_ttl / 3
+    max_tenants: int = 0  # most companies this instance runs; 0 = no limit
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     base_dir: str
@@ -68,6 +78,7 @@ class Config:
     state: StateSpec
     tenants: TenantSourceSettings
     metrics: MetricsSettings = MetricsSettings()
+    cluster: ClusterSettings = ClusterSettings()
     raw_tenants: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)
 
 
@@ -80,7 +91,7 @@ class TenantLoad:
 
 
 ENV_PREFIX = "IDLE_SUPERVISOR_"
-ENV_SECTIONS = ("supervisor", "imap", "handler", "tenants", "state", "metrics")
+ENV_SECTIONS = ("supervisor", "imap", "handler", "tenants", "state", "metrics", "cluster")
 # IDLE_SUPERVISOR_* variables that are CLI defaults, not config keys.
 _ENV_NOT_CONFIG = {"IDLE_SUPERVISOR_CONFIG", "IDLE_SUPERVISOR_LOG_LEVEL", "IDLE_SUPERVISOR_LOG_FORMAT"}
 
@@ -242,7 +253,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         table.update(values)
     if path is None and environ.get("SUPABASE_URL"):
         data.setdefault("tenants", {}).setdefault("source", "supabase")
-    known_sections = {"supervisor", "imap", "handler", "tenants", "tenant", "state", "metrics"}
+    known_sections = {"supervisor", "imap", "handler", "tenants", "tenant", "state", "metrics",
+                      "cluster"}
     unknown = set(data) - known_sections
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
@@ -268,6 +280,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         raise ConfigError("[tenants] source must be 'file' or 'supabase'")
     state = _state_spec(data.get("state"), str(state_dir), tenants.source, environ)
     metrics = _dataclass_from_table(MetricsSettings, data.get("metrics"), "metrics")
+    cluster = _cluster_settings(data.get("cluster"), tenants, state)
 
     raw_tenants: list[Mapping[str, Any]] = []
     if tenants.source == "file":
@@ -282,8 +295,26 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         state=state,
         tenants=tenants,
         metrics=metrics,
+        cluster=cluster,
         raw_tenants=tuple(raw_tenants),
     )
+
+
+def _cluster_settings(table: Any, tenants: TenantSourceSettings, state: StateSpec) -> ClusterSettings:
+    cluster = _dataclass_from_table(ClusterSettings, table, "cluster")
+    if not cluster.enabled:
+        return cluster
+    if cluster.lease_ttl < 1:
+        raise ConfigError("[cluster] lease_ttl must be at least 1 second")
+    if tenants.source != "supabase" or state.backend != "supabase":
+        raise ConfigError("[cluster] enabled = true needs [tenants] source = \"supabase\" and "
+                          "[state] backend = \"supabase\": the leases, checkpoints and ledger "
+                          "must live in the one database every instance shares")
+    if not cluster.instance_id:
+        import socket
+
+        cluster = _replace(cluster, instance_id=f"{socket.gethostname()}-{os.getpid()}")
+    return cluster
 
 
 def _replace(obj: Any, **changes: Any) -> Any:
