@@ -6,9 +6,15 @@ fork would interleave two processes' bytes on one socket.
 """
 from __future__ import annotations
 
+import logging
+
 import httpx
 from postgrest.exceptions import APIError
 from supabase import Client, ClientOptions, create_client
+
+# httpx logs every request at INFO: one line per checkpoint write would bury the supervisor's own
+# log, and a URL is not something to log wholesale. Failures still surface as our one-line errors.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # Bounded, so a dead or black-holed Supabase costs the caller seconds, not minutes:
 # connect fails fast (nothing to wait for), a slow answer gets a little longer.

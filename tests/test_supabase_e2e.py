@@ -93,6 +93,7 @@ def test_companies_load_and_mail_is_processed_with_state_in_supabase(dovecot, pg
         ledger = pg_db.execute("SELECT company_id, status FROM processed_emails ORDER BY company_id")
         assert ledger == [("acme", "processed"), ("beta", "processed")]
         assert not (run.state_dir / "checkpoints.sqlite3").exists()
+        assert "HTTP Request" not in run.log_text()  # no per-request httpx chatter in the log
         assert_no_key_leaked(run)
 
 
