@@ -128,10 +128,8 @@ class Control:
             if now >= deadline:
                 return False
             slice_ = min(deadline, self._next_heartbeat) - now
-            readable, _, _ = select.select(
-                [self._wake_r, self.conn, *extra], [], [], max(slice_, 0.0)
-            )
-            if self._wake_r in readable:
+            readable = readable_fds([self._wake_r.fileno(), self.conn.fileno(), *extra], slice_)
+            if self._wake_r.fileno() in readable:
                 self._drain_wakeup()
             if any(fd in readable for fd in extra):
                 self.check()
@@ -155,6 +153,16 @@ class Control:
                     self.request_stop("stop message")
         except (EOFError, OSError):
             self.request_stop("parent pipe closed")
+
+
+def readable_fds(fds: list[int], timeout: float) -> set[int]:
+    """poll(), not select(): a tenant forked after hundreds of siblings holds fds above 1024,
+    which select() cannot watch (FD_SETSIZE)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    # POLLHUP/POLLERR count as readable: the read that follows reports EOF or the error.
+    return {fd for fd, _ in poller.poll(max(timeout, 0.0) * 1000)}
 
 
 def _on_deadline(signum: int, frame: Any) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import random
-import select
 import ssl
 import time
 from typing import Any
@@ -19,7 +18,7 @@ from imapclient.imapclient import _parse_untagged_response
 from tenant_proc.connect import (
     SECURITY_LABELS, ConnectionLost, FatalError, login, open_client, suggested_backoff,
 )
-from tenant_proc.control import Control, StopRequested
+from tenant_proc.control import Control, StopRequested, readable_fds
 from tenant_proc.mailbox import Mailbox, Notice
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store_api import LeaseLost, StoreError
@@ -239,7 +238,7 @@ class Session:
 def _line_waiting(client: IMAPClient) -> bool:
     """True if a line is buffered or arriving; ConnectionLost on EOF. Never blocks."""
     sock = client.socket()
-    readable = bool(select.select([sock], [], [], 0)[0])
+    readable = bool(readable_fds([sock.fileno()], 0))
     timeout = sock.gettimeout()
     sock.setblocking(False)
     try:
