@@ -78,14 +78,16 @@ def hysteresis(target: int) -> int:
 
 
 def plan_balance(me: str, members: list[Member], active: int, claimable: int,
-                 held: int, max_tenants: int) -> Plan:
-    """What this instance should do now. `held` is its own count (leases being handed back
-    included), which is fresher than its row in `members`."""
+                 held: int, max_tenants: int, handing_back: int = 0) -> Plan:
+    """What this instance should do now. `held` is its own count of leases it keeps and
+    `handing_back` those it is handing back (still its own until their processes exited):
+    both fresher than its row in `members`. No claim while handing back; no second hand-back
+    of what is already on its way."""
     caps = {m.instance_id: m.max_tenants for m in members}
     caps[me] = max_tenants
     targets = fair_targets(active, caps)
     target = targets[me]
-    claim = max(0, target - held) if claimable > 0 else 0
+    claim = max(0, target - held - handing_back) if claimable > 0 else 0
     release = 0
     excess = held - target
     if excess > hysteresis(target):
@@ -134,9 +136,12 @@ class Cluster:
         self._url = url
         self._key = key
         now = time.monotonic() if now is None else now
-        # Claim nothing for one period after start: instances started together see each other
-        # first, instead of the first one claiming everything and handing most of it back.
+        # Claim nothing for one period after start, and for a whole ttl while this instance
+        # looks alone: instances started together see each other first, instead of the first
+        # one claiming everything and handing most of it back a moment later.
+        self.started = now
         self.settle_until = now + self.period
+        self.settled = False
         self.next_round = now
         self.held: dict[str, int] = {}  # company -> fencing token
         self.releasing: dict[str, int] = {}  # handed back or no longer active: release on exit
@@ -153,8 +158,7 @@ class Cluster:
         ids = set(load.specs) | set(load.errors)
         for cid in [c for c in self.held if c not in ids]:  # deactivated or deleted
             self.releasing[cid] = self.held.pop(cid)
-        if now >= self.settle_until:
-            self._claim(ids)
+        self._claim(ids, now)
         specs = {cid: replace(load.specs[cid], fencing_token=token)
                  for cid, token in self.held.items() if cid in load.specs}
         errors = {cid: load.errors[cid] for cid in self.held if cid in load.errors}
@@ -196,7 +200,7 @@ class Cluster:
                      _few(adopted))
             self.held.update(adopted)
             actions.claim = True
-        if now >= self.settle_until:
+        if self._settled(now, view):
             plan = self._plan(view)
             if plan.release:
                 give = sorted(self.held)[-plan.release:]
@@ -246,15 +250,26 @@ class Cluster:
         if not any(m.instance_id == self.instance_id for m in members):
             members.append(Member(self.instance_id, len(self.held), self.max_tenants))
         plan = plan_balance(self.instance_id, members, view.active, view.claimable,
-                            len(self.held) + len(self.releasing), self.max_tenants)
+                            len(self.held), self.max_tenants, handing_back=len(self.releasing))
         self.target = plan.target
         return plan
 
-    def _claim(self, ids: set[str]) -> None:
+    def _settled(self, now: float, view: ClusterView) -> bool:
+        if not self.settled:
+            alone = all(m.instance_id == self.instance_id for m in view.members)
+            wait = self.ttl if alone else self.period
+            self.settled = now >= self.started + wait
+        return self.settled
+
+    def _claim(self, ids: set[str], now: float) -> None:
+        if now < self.settle_until:
+            return
         try:
             with self._client() as client:
                 view = ClusterView.parse(self._rpc(client, "cluster_heartbeat", self._hello()))
                 self.view = view
+                if not self._settled(now, view):
+                    return
                 plan = self._plan(view)
                 if plan.claim <= 0:
                     return

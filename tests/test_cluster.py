@@ -93,6 +93,14 @@ def test_a_fourth_instance_gets_a_share_without_flapping() -> None:
     assert all(h == history[0] for h in history)
 
 
+def test_what_is_being_handed_back_is_not_handed_back_again_nor_replaced() -> None:
+    members = [Member("a", 15, 0), Member("b", 10, 0), Member("c", 0, 0)]
+    assert plan_balance("a", members, 30, 0, 15, 0).release == 5
+    # 5 on their way (processes still stopping): keep the other 10, claim nothing either.
+    assert plan_balance("a", members, 30, 5, 10, 0, handing_back=5) == plan_balance(
+        "a", members, 30, 5, 10, 0, handing_back=5).__class__(target=10, claim=0, release=0)
+
+
 def test_hand_back_only_what_others_can_take() -> None:
     # b is at its cap: a has more than its share but nobody can take any.
     members = [Member("a", 20, 0), Member("b", 5, 5)]
