@@ -17,6 +17,7 @@ import random
 import selectors
 import signal
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -413,7 +414,8 @@ class Arbiter:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         siblings = [r.handle.conn for r in self.records.values() if r.handle is not None]
         inherited = _InheritedFds(siblings, parent_conn, self.pidfile, self._wake_r, self._wake_w,
-                                  self.metrics.sock if self.metrics is not None else None)
+                                  self.metrics.sock if self.metrics is not None else None,
+                                  self.selector)
         process = self.ctx.Process(
             target=child_entry,
             args=(spec, child_conn, inherited, os.getpid()),
@@ -640,6 +642,7 @@ class _InheritedFds:
     wake_r: socket.socket | None
     wake_w: socket.socket | None
     metrics_sock: socket.socket | None = None
+    selector: Any = None  # the parent's epoll set
 
     def close_all(self) -> None:
         for conn in [*self.sibling_conns, self.own_parent_conn]:
@@ -647,10 +650,33 @@ class _InheritedFds:
                 conn.close()
             except OSError:
                 pass
+        _close_inherited_pipes()
+        if self.selector is not None:
+            self.selector.close()
         self.pidfile.close_in_child()
         for sock in (self.wake_r, self.wake_w, self.metrics_sock):
             if sock is not None:
                 sock.close()
+
+
+def _close_inherited_pipes() -> None:
+    """Close every pipe above stderr in a fresh child.
+
+    multiprocessing keeps two pipes per child in the parent (its exit sentinel, and the write
+    end of that child's parent-death sentinel); every later sibling inherits them. They serve
+    no purpose in a tenant, and with a thousand tenants they are a million kernel file
+    references. No Python object in the child owns a pipe fd at this point (pipe Connections
+    are socketpairs), so no later finalizer can close a reused fd number by mistake.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.close(fd)
+        except OSError:
+            pass  # the listdir's own fd, already gone
 
 
 def _signal(pid: int | None, signum: int) -> None:

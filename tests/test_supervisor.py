@@ -262,3 +262,16 @@ def test_mail_announced_outside_idle_is_not_missed(dovecot, tmp_path):
         emails = run.wait_emails(5, timeout=8)
         assert [e["subject"] for e in emails][-1] == "late"
         assert len(unique_emails(emails)) == 5
+
+
+def test_children_do_not_inherit_their_siblings_descriptors(dovecot, tmp_path):
+    """The last child forked holds as many fds as the first: no sibling pipes or sentinels
+    (EOF must reach the parent when a child dies, and 1,000 tenants must not mean 1,000^2 fds)."""
+    tenants = []
+    for i in range(6):
+        dovecot.add_user(f"co{i}", f"co{i}-pw")
+        tenants.append(TenantEntry(f"co{i}", f"co{i}", f"co{i}-pw"))
+    with SupervisorRun(tmp_path, dovecot, tenants).start() as run:
+        counts = {tid: len(os.listdir(f"/proc/{pid}/fd")) for tid, pid in run.child_pids().items()}
+        assert max(counts.values()) - min(counts.values()) <= 1, counts
+        assert max(counts.values()) < 20, counts
