@@ -45,6 +45,7 @@ alter table public.company_leases enable row level security;
 revoke all on public.supervisor_instances, public.company_leases from anon, authenticated;
 grant select, insert, update, delete on public.supervisor_instances, public.company_leases
     to service_role;
+revoke all on sequence public.company_lease_token_seq from anon, authenticated;
 grant usage, select on sequence public.company_lease_token_seq to service_role;
 
 -- Live instances (seen within ttl seconds) and how many unexpired leases each holds.

@@ -126,6 +126,7 @@ def test_three_supervisors_share_move_fence_and_rebalance(dovecot, pg_db, postgr
         wait_until(lambda: set(sent) <= processed(), 30, "first round processed", everyone)
         status = a.status()["supervisor"]["cluster"]
         assert status["instance_id"] == "a" and status["live_instances"] == 3
+        assert "cluster instance a: holds " in a.cli("status").stdout
         listing = a.cli("cluster")
         assert listing.returncode == 0 and "3 live instances, 30 companies held" in listing.stdout
 
@@ -142,6 +143,7 @@ def test_three_supervisors_share_move_fence_and_rebalance(dovecot, pg_db, postgr
         wait_until(lambda: set(c_companies) <= a.idle_tenants() | b.idle_tenants(),
                    2 * TTL + 3, "c's companies running on a and b", everyone)
         moved_after = time.monotonic() - killed_at
+        print(f"c's {len(c_companies)} companies running on a and b {moved_after:.1f}s after SIGKILL")
         assert moved_after <= 2 * TTL + 3
         wait_until(lambda: set(sent) <= processed(), 20, "mail sent while c was dead", everyone)
         wait_until(lambda: balanced(pg_db, [a, b], 14, 16), 20, "a and b at 15 each", everyone)
@@ -181,6 +183,7 @@ def test_three_supervisors_share_move_fence_and_rebalance(dovecot, pg_db, postgr
         pids = {r.instance: r.child_pids() for r in (a, b, d)}
         time.sleep(3 * TTL)
         assert leases(pg_db) == snapshot, "leases moved during a quiet period: flapping"
+        print(f"held after d joined: {dict(held_by(pg_db))}; no lease changed in {3 * TTL:g}s")
         assert {r.instance: r.child_pids() for r in (a, b, d)} == pids
 
         send(COMPANIES, "last")
