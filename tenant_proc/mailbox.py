@@ -131,14 +131,16 @@ class Mailbox:
         spec = self.spec
         assert self.checkpoint is not None
         uidvalidity = self.checkpoint.uidvalidity
-        previous = self._begin_attempt(uidvalidity, uid)
+        previous, attempts = self._begin_attempt(uidvalidity, uid)
         if previous in ("processed", "failed"):
             self._advance(uid)  # finished before a crash the backend could not make atomic
             return True
         redelivered = previous == "handling"
         if redelivered:
-            self.log.warning("uid %d was being handled when a process died: handing it over "
-                             "again as redelivered", uid)
+            error = f"the tenant process died while handling it (attempt {attempts}/{spec.imap.max_attempts})"
+            self.log.warning("uid %d: %s; handing it over again as redelivered", uid, error)
+            if attempts >= spec.imap.max_attempts:
+                return self._give_up(uid, None, attempts, error, notice)
         truncated = b"BODY[]" not in data
         raw = data.get(b"BODY[]") if not truncated else data.get(b"BODY[HEADER]")
         envelope = Envelope(
@@ -163,13 +165,14 @@ class Mailbox:
         self.control.send(protocol.processed(uid, uidvalidity, email.message_id, "processed", latency))
         return True
 
-    def _begin_attempt(self, uidvalidity: int, uid: int) -> str | None:
-        """The UID's previous ledger status; marks it "handling" where the backend can."""
+    def _begin_attempt(self, uidvalidity: int, uid: int) -> tuple[str | None, int]:
+        """The UID's previous ledger status and attempts; marks it "handling" where it can."""
         spec = self.spec
         begin = getattr(self.store, "begin_attempt", None)
         if begin is not None:
             return begin(spec.id, spec.folder, uidvalidity, uid)
-        return "processed" if self.store.is_done(spec.id, spec.folder, uidvalidity, uid) else None
+        done = self.store.is_done(spec.id, spec.folder, uidvalidity, uid)
+        return ("processed" if done else None), 0
 
     def _handler_failed(self, uid: int, message_id: str | None, exc: Exception, notice: Notice) -> bool:
         spec = self.spec
@@ -186,6 +189,12 @@ class Mailbox:
             self.retry_uid = uid
             self.retry_at = time.monotonic() + spec.imap.retry_interval
             return False
+        return self._give_up(uid, message_id, attempts, error, notice)
+
+    def _give_up(self, uid: int, message_id: str | None, attempts: int, error: str, notice: Notice) -> bool:
+        """Record the UID as failed and move past it: one poison email never blocks a mailbox."""
+        spec = self.spec
+        assert self.checkpoint is not None
         latency = time.monotonic() - notice.mono
         self.store.mark_done(
             spec.id, spec.folder, self.checkpoint.uidvalidity, uid, message_id, "failed", error

@@ -141,26 +141,31 @@ class SqliteStore:
         )
         return int(row[0]) if row else 1
 
-    def begin_attempt(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> str | None:
-        """Note that the handler is about to run; return the UID's previous ledger status.
+    def begin_attempt(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> tuple[str | None, int]:
+        """Note that the handler is about to run; return the UID's previous status and attempts.
 
         "handling" coming back means an earlier process called the handler for this UID and died
-        before recording the outcome (SIGKILL, OOM, power): the handler may have done its work,
-        so the email is handed over as redelivered. A done UID is left as it is.
+        before recording the outcome (SIGKILL, OOM, a segfault): the handler may have done its
+        work, so the email is handed over as redelivered; and the death counts as a failed
+        attempt, so an email that kills its process every time is given up like any poison
+        email instead of crash-looping the tenant. A done UID is left as it is.
         """
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
-                    "SELECT status FROM ledger WHERE tenant_id = ? AND folder = ? "
+                    "SELECT status, attempts FROM ledger WHERE tenant_id = ? AND folder = ? "
                     "AND uidvalidity = ? AND uid = ?", (tenant_id, folder, uidvalidity, uid),
                 ).fetchone()
-                if row is None or row[0] not in DONE_STATUSES:
+                status, attempts = row if row else (None, 0)
+                if status == "handling":
+                    attempts += 1
+                if status not in DONE_STATUSES:
                     self._db.execute(
                         "INSERT INTO ledger VALUES (?, ?, ?, ?, NULL, 'handling', 0, NULL, ?) "
                         "ON CONFLICT (tenant_id, folder, uidvalidity, uid) DO UPDATE SET "
-                        "status = 'handling', updated_at = excluded.updated_at",
-                        (tenant_id, folder, uidvalidity, uid, time.time()),
+                        "status = 'handling', attempts = ?, updated_at = excluded.updated_at",
+                        (tenant_id, folder, uidvalidity, uid, time.time(), attempts),
                     )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -168,7 +173,7 @@ class SqliteStore:
                 raise
         except sqlite3.Error as exc:
             raise StoreError(f"checkpoint store write failed: {exc}") from None
-        return row[0] if row else None
+        return status, attempts
 
     def is_done(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> bool:
         row = self._query_one(

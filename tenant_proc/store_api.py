@@ -9,10 +9,11 @@ Semantics the mailbox loop relies on:
 - record_attempt_failure() counts a handler failure and returns the attempts so far, which
   survive a process crash so a poison email is not retried forever.
 - A backend is opened inside the tenant process, after the fork: nothing is inherited.
-- Optional: begin_attempt(tenant_id, folder, uidvalidity, uid) -> previous status. Marks the
-  UID "handling" before the handler runs, so a crash between the handler's return and
-  mark_done() is seen after the restart and the email handed over as `redelivered`. Backends
-  without it (Supabase) are plain at-least-once in that window.
+- Optional: begin_attempt(tenant_id, folder, uidvalidity, uid) -> (previous status, attempts).
+  Marks the UID "handling" before the handler runs, so a crash between the handler's return
+  and mark_done() is seen after the restart and the email handed over as `redelivered`, and a
+  death while handling counts as an attempt (an email that kills its process is given up after
+  max_attempts). Backends without it (Supabase) are plain at-least-once in that window.
 """
 from __future__ import annotations
 

@@ -209,6 +209,7 @@ class PropertyWorld:
         self.ok_calls: Counter[tuple[int, int]] = Counter()
         self.fail_calls: Counter[tuple[int, int]] = Counter()
         self.crash_after: Counter[tuple[int, int]] = Counter()
+        self.crash_in: Counter[tuple[int, int]] = Counter()
         self.finished_seen: set[tuple[int, int]] = set()
         self.flaky_failed: set[tuple[int, int]] = set()
         self.crash_in_handler = False
@@ -257,6 +258,7 @@ class PropertyWorld:
         if self.crash_in_handler:
             self.crash_in_handler = False
             self.interrupted.add(key)
+            self.crash_in[key] += 1
             raise Crash("killed inside the handler")
         if email.subject.startswith("poison") or (email.subject.startswith("flaky")
                                                   and key not in self.flaky_failed):
@@ -298,7 +300,9 @@ class PropertyWorld:
             assert n <= 1 + self.crash_after[key], f"{key} handled {n} times"
         for key, (status, attempts) in ledger.items():
             if status == "failed":
-                assert attempts == self.MAX_ATTEMPTS == self.fail_calls[key], (key, attempts)
+                # handler exceptions and process deaths while handling both count as attempts
+                tries = self.fail_calls[key] + self.crash_in[key] + self.crash_after[key]
+                assert attempts == self.MAX_ATTEMPTS == tries, (key, attempts, tries)
             if status == "processed":
                 assert self.ok_calls[key] >= 1
         for key, n in self.fail_calls.items():
@@ -711,3 +715,22 @@ def test_sigkill_after_the_handler_before_the_ledger_is_not_a_duplicate(dovecot,
         assert_exactly_once(run.emails(), {"acme": {"victim", "after it"}})
         assert len(run.emails()) == 2
         assert "redelivered" in run.log_text()
+
+
+@integration
+def test_an_email_that_kills_its_process_is_given_up_after_max_attempts(dovecot, tmp_path):
+    """A poison email that crashes the process (not an exception) must not block the mailbox:
+    each death while handling it counts as an attempt, and after max_attempts it is `failed`."""
+    dovecot.add_user("acme", "acme-pw")
+    handler = {"target": "tests.fault_handlers:die_on_killer", "path": str(tmp_path / "emails.jsonl")}
+    supervisor = {"restart_backoff": 0.3, "restart_jitter": 0.0, "max_restarts": 10}
+    with SupervisorRun(tmp_path, dovecot, [TenantEntry("acme", "acme", "acme-pw")], handler=handler,
+                       supervisor=supervisor, imap={"max_attempts": 3}).start() as run:
+        dovecot.deliver("acme", make_message("KILLER email"))
+        dovecot.deliver("acme", make_message("after the killer"))
+        status = run.wait_for(lambda s: s["tenants"]["acme"]["failed"] == 1
+                              and s["tenants"]["acme"]["processed"] == 1, 20, "killer given up")
+        assert [e["subject"] for e in run.emails()] == ["after the killer"]
+        assert status["tenants"]["acme"]["restarts"] == 3  # three deaths = three attempts
+        assert status["tenants"]["acme"]["state"] == "idle"
+        assert "gave up on uid 1" in run.log_text() and "died while handling" in run.log_text()
