@@ -43,9 +43,11 @@ START_BATCH = 25  # forks per tick: a thousand tenants start staggered, not as o
 MESSAGES_PER_CHILD_PER_TICK = 64  # one chatty child cannot starve the loop
 SOURCE_RETRY = 30.0  # after a failed tenant read, try again this soon
 # Scans over every tenant (reap sweep, hung check, stop deadlines, due starts) run at most this
-# often, or at once after a signal or a child's exit: with 1,000 children sending heartbeats the
-# loop wakes ~200 times a second, and an O(n) scan per wake-up was most of the idle cost.
+# often, or at once after a signal (an exited child is reaped at once, on its own): with
+# 1,000 children sending heartbeats the loop wakes ~200 times a second, and an O(n) scan per
+# wake-up was most of the idle cost.
 HOUSEKEEPING_PERIOD = 0.25
+SHUTDOWN_HOUSEKEEPING_PERIOD = 0.1  # stop deadlines and the safety-net reap while stopping
 STATUS_MIN_INTERVAL = 1.0  # status.json: soon after a visible change, else every heartbeat_interval
 
 
@@ -145,15 +147,21 @@ class Arbiter:
         exited = [key.data for key, _ in events
                   if key.data is not None and key.fileobj == key.data.handle.process.sentinel]
         self._drain_wakeup(ready_set)
-        if self.signal_queue or exited or self.shutting_down:
+        if self.signal_queue:
             self.next_housekeeping = 0.0  # act on these at once, not at the next period
         self.handle_signals()
         if self.metrics is not None and self.metrics in ready_set:
             self.metrics.serve_ready()
         self.read_messages(ready_set, [key.data for key, _ in events if key.data is not None])
+        if exited:
+            # Reap exactly the children that exited (O(exits), not O(tenants) per exit: a
+            # thousand tenants stopping at once must not cost a million waitpid calls).
+            self.reap_children(exited)
+            self.next_housekeeping = min(self.next_housekeeping, self._next_due_of(exited))
         now = time.monotonic()
         if now >= self.next_housekeeping:
-            self.next_housekeeping = now + HOUSEKEEPING_PERIOD
+            period = SHUTDOWN_HOUSEKEEPING_PERIOD if self.shutting_down else HOUSEKEEPING_PERIOD
+            self.next_housekeeping = now + period
             self.reap_children()
             if self.is_pid1:
                 self.reap_orphans()
@@ -496,14 +504,16 @@ class Arbiter:
 
     # ---- reaping, hung children, stop deadlines ----------------------------------------
 
-    def reap_children(self) -> None:
+    def reap_children(self, candidates: list[TenantRecord] | None = None) -> None:
+        """Collect exited children: the given ones, or (safety net) every tenant."""
         now = time.monotonic()
         policy = self.restart_policy()
-        for record in list(self.records.values()):
+        for record in list(candidates if candidates is not None else self.records.values()):
             handle = record.handle
             if handle is None or handle.process.is_alive():  # is_alive() reaps via waitpid
                 continue
             exitcode = handle.process.exitcode
+            self._drain_last_words(record, now)
             self._close_handle(handle)
             self.status_dirty = True
             reason = record.stop_reason
@@ -514,6 +524,21 @@ class Arbiter:
                     del self.records[record.id]
             elif reason is StopReason.REMOVED and record.spec is None:
                 record.state = State.FAILED  # invalid config: shown as failed until fixed
+
+    def _drain_last_words(self, record: TenantRecord, now: float) -> None:
+        """Read what a dead child sent just before exiting (its fatal reason, final counters)."""
+        handle = record.handle
+        try:
+            while handle.conn_open and handle.conn.poll(0):
+                message = protocol.receive(handle.conn)
+                if message is not None:
+                    self.handle_message(record, message, now)
+        except (EOFError, OSError):
+            pass
+
+    def _next_due_of(self, records: list[TenantRecord]) -> float:
+        due = [r.next_start_at for r in records if r.next_start_at is not None and not r.is_alive()]
+        return min(due, default=float("inf"))
 
     def reap_orphans(self) -> None:
         """As PID 1, reap zombies that are not our tenants (grandchildren of a handler command).
