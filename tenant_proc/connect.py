@@ -7,9 +7,11 @@ ConnectionLost (network, server busy: try again later).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 import ssl
+from typing import Iterable
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import CapabilityError, LoginError
@@ -45,10 +47,41 @@ def check_policy(spec: TenantSpec) -> None:
         )
 
 
+_contexts: dict[tuple[str | None, float], ssl.SSLContext] = {}
+
+
+def ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """One verifying context per trust store, cached.
+
+    The supervisor builds them before forking (preload_ssl_contexts), so every tenant shares
+    the parent's copy: the system trust store alone costs a tenant ~3.8 MB when each process
+    parses it itself. Keyed by the CA file's mtime so an updated private CA is reread.
+    """
+    key = (ca_file, os.stat(ca_file).st_mtime if ca_file else 0.0)
+    context = _contexts.get(key)
+    if context is None:
+        context = ssl.create_default_context(cafile=ca_file)
+        _contexts[key] = context
+    return context
+
+
+def preload_ssl_contexts(specs: Iterable[TenantSpec]) -> None:
+    """Parent side, before forking: build every context the tenants about to start will use."""
+    for spec in specs:
+        if spec.security != "plain":
+            try:
+                ssl_context(spec.ca_file)
+            except (OSError, ssl.SSLError):
+                pass  # the tenant reports the problem itself, as one clear line
+
+
 def open_client(spec: TenantSpec) -> IMAPClient:
     """Connect and secure (TLS or STARTTLS, certificate and host name verified); no login yet."""
     check_policy(spec)
-    context = ssl.create_default_context(cafile=spec.ca_file) if spec.security != "plain" else None
+    try:
+        context = ssl_context(spec.ca_file) if spec.security != "plain" else None
+    except (OSError, ssl.SSLError) as exc:
+        raise FatalError("config", f"cannot load ca_file {spec.ca_file}: {exc}") from None
     timeout = SocketTimeout(connect=spec.imap.connect_timeout, read=spec.imap.command_timeout)
     try:
         client = IMAPClient(spec.host, spec.port, ssl=spec.security == "tls",
