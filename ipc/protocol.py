@@ -31,6 +31,7 @@ MAX_MESSAGE_BYTES = 64 * 1024  # a heartbeat is ~300 bytes; anything near this i
 EXIT_OK = 0
 EXIT_CONFIG = 3  # bad tenant config, unknown handler, folder missing, TLS refused by policy
 EXIT_AUTH = 4  # the server rejected the credentials
+EXIT_LEASE_LOST = 5  # [cluster]: writes refused, another instance owns the company now
 NO_FAST_RETRY_EXITS = frozenset({EXIT_CONFIG, EXIT_AUTH})
 
 # Child-reported states (what status.json shows while the child runs).

@@ -89,7 +89,7 @@ class Arbiter:
         self.next_housekeeping = 0.0
         self.status_dirty = True
         self._registered_fixed: set[Any] = set()
-        self.cluster = make_cluster(config)  # [cluster]: None unless enabled (docs/cluster.md)
+        self.cluster = make_cluster(config)  # None unless [cluster] enabled (README: several machines)
 
     # ---- lifecycle ---------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """[cluster]: several supervisors share the companies through leases (docs/cluster.md)."""
+    """[cluster]: several supervisors share the companies through leases (README: Running on several machines)."""
 
     enabled: bool = False
     instance_id: str = ""  # empty: host name + pid, unique per run

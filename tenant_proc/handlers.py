@@ -81,8 +81,10 @@ def log(email: Email, context: HandlerContext) -> None:
 def command(email: Email, context: HandlerContext) -> None:
     """Run options["argv"] with the raw message on stdin; a non-zero exit retries the email."""
     argv = context.options.get("argv")
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+    # A tuple when it comes from the config file: specs are frozen so reloads can compare them.
+    if not isinstance(argv, (list, tuple)) or not argv or not all(isinstance(a, str) for a in argv):
         raise ValueError("command handler needs options argv = [program, args...]")
+    argv = list(argv)
     timeout = float(context.options.get("timeout", DEFAULT_COMMAND_TIMEOUT))
     env = dict(os.environ)
     env.update(

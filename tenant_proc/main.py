@@ -26,7 +26,6 @@ from tenant_proc.store_api import LeaseLost
 from tenant_proc.title import set_title
 
 EXIT_CRASH = 1
-EXIT_LEASE_LOST = 5  # [cluster]: writes refused; the supervisor's next lease renewal drops us
 PR_SET_PDEATHSIG = 1
 
 
@@ -66,7 +65,7 @@ def _run(spec: TenantSpec, conn: Connection, parent_pid: int, log: logging.Logge
         return _fatal(control, log, exc.kind, exc.reason)
     except LeaseLost as exc:
         log.error("%s: stopping", exc)
-        return EXIT_LEASE_LOST
+        return protocol.EXIT_LEASE_LOST  # the supervisor's next lease renewal drops us
     finally:
         store.close()
     _close_handler(handler, log)

@@ -47,6 +47,7 @@ class SupervisorRun:
     handler: dict[str, Any] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {"metrics": {...}}
+    command_prefix: list[str] = field(default_factory=list)  # e.g. unshare: run it as PID 1
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -99,7 +100,8 @@ class SupervisorRun:
     def start(self, wait_running: bool = True, timeout: float = 20) -> SupervisorRun:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor", "run", "--config", str(self.config_path)],
+            [*self.command_prefix, sys.executable, "-m", "supervisor", "run",
+             "--config", str(self.config_path)],
             cwd=self.workdir, env=self.env(), stdout=self._log, stderr=subprocess.STDOUT,
         )
         if wait_running:

@@ -3,7 +3,7 @@ asserts what was processed, counted by (tenant, uidvalidity, uid): nothing lost,
 
 The first part is pure (throttling backoff, TLS policy, a hypothesis property of the checkpoint
 logic); the rest runs the real supervisor on a real Dovecot, every wait bounded. The measured
-recovery times are printed (pytest -s) and summarised in docs/failure-behaviour.md.
+recovery times are printed (pytest -s) and summarised in README.md (Failure behaviour).
 """
 from __future__ import annotations
 

@@ -365,10 +365,12 @@ def test_supabase_insert_failure_is_retryable_and_keyless(handler_env: None, pos
 
 
 def test_the_docs_sql_examples_run(pg_db: PostgresDatabase) -> None:
-    # docs/supabase.md is what users paste into the SQL editor: it must work on this schema.
+    # The README's "Deploying with Supabase" is what users paste into the SQL editor: it must
+    # work on this schema.
     import re
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "supabase.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    doc = readme.split("## Deploying with Supabase", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sql\n(.*?)```", doc, flags=re.S)
     assert len(blocks) >= 3
     for block in blocks:
