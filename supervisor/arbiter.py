@@ -17,23 +17,20 @@ import random
 import selectors
 import signal
 import socket
-import stat
 import time
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from ipc import protocol
 from supervisor import sdnotify
-from supervisor.childproc import child_entry
 from supervisor.cluster import make_cluster
 from supervisor.config import Config, ConfigError, load_config
+from supervisor.forking import ChildHandle, fork_tenant, reap_orphans, send_signal
 from supervisor.metrics import LatencyHistogram, MetricsError, MetricsServer
 from supervisor.pidfile import PidFile
-from supervisor.sources import SourceError, load_tenants
+from supervisor.reconcile import TenantReconciler
 from supervisor.status import build_status, summary_line, write_status
-from supervisor.tenants import RestartPolicy, State, StopReason, TenantRecord, diff_tenants
+from supervisor.tenants import RestartPolicy, State, StopReason, TenantRecord
 from tenant_proc.connect import preload_ssl_contexts
 from tenant_proc.handler_loader import HandlerError, resolve_target
 
@@ -42,24 +39,20 @@ log = logging.getLogger("supervisor")
 MAX_WAIT = 1.0  # the loop never sleeps longer than this (issue contract)
 START_BATCH = 25  # forks per tick: a thousand tenants start staggered, not as one storm
 MESSAGES_PER_CHILD_PER_TICK = 64  # one chatty child cannot starve the loop
-SOURCE_RETRY = 30.0  # after a failed tenant read, try again this soon
 # Scans over every tenant (reap sweep, hung check, stop deadlines, due starts) run at most this
 # often, or at once after a signal (an exited child is reaped at once, on its own): with
 # 1,000 children sending heartbeats the loop wakes ~200 times a second, and an O(n) scan per
 # wake-up was most of the idle cost.
 HOUSEKEEPING_PERIOD = 0.25
-SHUTDOWN_HOUSEKEEPING_PERIOD = 0.1  # stop deadlines and the safety-net reap while stopping
+SHUTDOWN_HOUSEKEEPING_PERIOD = 0.1  # stop deadlines while stopping
+# Exits are seen through each child's sentinel in the epoll set; the full is_alive() sweep is
+# only a safety net. At 1,000 tenants one sweep is 1,000 waitpid calls through multiprocessing:
+# run every housekeeping period it was most of an idle supervisor's CPU (bench/idle_cost.py).
+REAP_SWEEP_PERIOD = 5.0
 STATUS_MIN_INTERVAL = 1.0  # status.json: soon after a visible change, else every heartbeat_interval
 
 
-@dataclass
-class ChildHandle:
-    process: Any  # multiprocessing.Process (fork context)
-    conn: Connection  # parent end of the pipe
-    conn_open: bool = True
-
-
-class Arbiter:
+class Arbiter(TenantReconciler):
     def __init__(self, config_path: Path | None, config: Config) -> None:
         self.config_path = config_path
         self.config = config
@@ -87,6 +80,7 @@ class Arbiter:
         # reap, instead of building and polling a list of 2n+1 objects on every tick.
         self.selector = selectors.DefaultSelector()
         self.next_housekeeping = 0.0
+        self.next_reap_sweep = 0.0
         self.status_dirty = True
         self._registered_fixed: set[Any] = set()
         self.cluster = make_cluster(config)  # None unless [cluster] enabled (README: several machines)
@@ -163,9 +157,11 @@ class Arbiter:
         if now >= self.next_housekeeping:
             period = SHUTDOWN_HOUSEKEEPING_PERIOD if self.shutting_down else HOUSEKEEPING_PERIOD
             self.next_housekeeping = now + period
-            self.reap_children()
+            if now >= self.next_reap_sweep:
+                self.next_reap_sweep = now + REAP_SWEEP_PERIOD
+                self.reap_children()
             if self.is_pid1:
-                self.reap_orphans()
+                reap_orphans({r.pid for r in self.records.values() if r.pid})
             now = time.monotonic()
             self.murder_hung(now)
             self.enforce_stop_deadlines(now)
@@ -285,124 +281,6 @@ class Arbiter:
                              failed_backoff=s.failed_backoff, max_restarts=s.max_restarts,
                              window=s.restart_window)
 
-    def refresh_if_due(self, now: float) -> None:
-        if now >= self.next_refresh:
-            self.apply_tenants()
-
-    def apply_tenants(self, initial: bool = False, retry_failed: bool = False) -> None:
-        """Load tenants, diff against what runs, and act: supervisord's diff_to_active."""
-        now = time.monotonic()
-        self.next_refresh = now + self.config.supervisor.tenant_refresh
-        try:
-            resolve_target(self.config.handler.target)  # fail fast, and preload before fork
-            load = load_tenants(self.config)
-        except (SourceError, ConfigError, HandlerError) as exc:
-            # Keep running what we have; try again soon (a source outage is usually short).
-            if initial and isinstance(exc, (ConfigError, HandlerError)):
-                raise ConfigError(_one_line(exc)) from None
-            log.error("tenants not refreshed: %s", _one_line(exc))
-            self.next_refresh = now + min(self.config.supervisor.tenant_refresh, SOURCE_RETRY)
-            return
-        if self.cluster is not None:
-            load = self.cluster.select(load, now)  # only the companies this instance holds
-        wanted: dict[str, Any] = dict(load.specs)
-        wanted.update({tid: None for tid in load.errors})
-        active = {tid: r.spec for tid, r in self.records.items()
-                  if r.stop_reason is not StopReason.REMOVED}
-        diff = diff_tenants(active, wanted)
-        for tid in diff.removed:
-            self.remove_tenant(self.records[tid], now)
-        for tid in diff.added:
-            self.add_tenant(tid, load.specs.get(tid), load.errors.get(tid), now)
-        for tid in diff.changed:
-            self.change_tenant(self.records[tid], load.specs.get(tid), load.errors.get(tid), now)
-        for tid in diff.unchanged:
-            record = self.records[tid]
-            if tid in load.errors:
-                record.name, record.config_error = load.errors[tid][0], load.errors[tid][1]
-                record.last_error = record.config_error
-            elif retry_failed:
-                record.retry_failed_now(now)
-        if diff.added or diff.removed or diff.changed:
-            log.info("tenants: %d added, %d removed, %d changed, %d unchanged",
-                     len(diff.added), len(diff.removed), len(diff.changed), len(diff.unchanged))
-
-    def add_tenant(self, tid: str, spec: Any, error: tuple[str, str] | None, now: float) -> None:
-        leaving = self.records.get(tid)
-        if leaving is not None and leaving.is_alive():
-            # Re-added while its old process is still stopping: treat it as a change so the
-            # old process is never orphaned.
-            leaving.stop_reason = StopReason.CHANGED
-            leaving.pending_spec = spec
-            if spec is None:
-                leaving.stop_reason = StopReason.REMOVED
-            return
-        if spec is None:
-            name, reason = error or (tid, "invalid config")
-            record = TenantRecord(id=tid, name=name, spec=None, config_error=reason,
-                                  state=State.FAILED, last_error=reason)
-            log.error("[%s] not started: %s", name, reason)
-        else:
-            record = TenantRecord(id=tid, name=spec.name, spec=spec)
-            record.schedule_start(now)
-        self.records[tid] = record
-
-    def remove_tenant(self, record: TenantRecord, now: float, why: str = "removed from tenants",
-                      timeout: float | None = None) -> None:
-        log.info("[%s] %s: stopping", record.name, why)
-        if record.is_alive():
-            if timeout is None:
-                timeout = self.config.supervisor.shutdown_timeout
-            self.stop_tenant(record, StopReason.REMOVED, now, timeout)
-        else:
-            del self.records[record.id]
-
-    def cluster_tick(self, now: float) -> None:
-        """Leases (supervisor/cluster.py): renew, stop what was lost or handed back, claim more."""
-        actions = self.cluster.maintain(now, lambda tid: tid in self.records
-                                        and self.records[tid].is_alive())
-        if self.shutting_down:
-            return  # everything is stopping already; leases are released after the last exit
-        for tid in actions.lost:
-            if tid in self.records:  # its writes are refused now: no point in a slow goodbye
-                self.remove_tenant(self.records[tid], now, "lease lost",
-                                   self.config.supervisor.kill_timeout)
-        for tid in actions.hand_back:
-            if tid in self.records:
-                self.remove_tenant(self.records[tid], now, "handed back to the cluster")
-        if actions.lost or actions.hand_back:
-            self.status_dirty = True
-        if actions.claim:
-            self.next_refresh = now  # apply_tenants() claims through cluster.select()
-
-    def change_tenant(self, record: TenantRecord, spec: Any, error: tuple[str, str] | None,
-                      now: float) -> None:
-        if spec is None:
-            name, reason = error or (record.id, "invalid config")
-            log.error("[%s] config now invalid: %s", name, reason)
-            record.config_error = record.last_error = reason
-            if record.is_alive():
-                # Stop it; with no spec it stays FAILED until the config is fixed.
-                record.pending_spec = None
-                self.stop_tenant(record, StopReason.REMOVED, now, self.config.supervisor.shutdown_timeout)
-                record.stop_reason = StopReason.REMOVED
-            record.spec = None
-            record.name = name
-            record.next_start_at = None
-            if not record.is_alive():
-                record.state = State.FAILED
-            return
-        log.info("[%s] config changed: restarting", spec.name)
-        record.config_error = None
-        if record.is_alive():
-            record.pending_spec = spec
-            self.stop_tenant(record, StopReason.CHANGED, now, self.config.supervisor.shutdown_timeout)
-        else:
-            record.spec, record.name = spec, spec.name
-            record.last_error = None
-            record.crash_times.clear()
-            record.schedule_start(now)
-
     # ---- starting ----------------------------------------------------------------------
 
     def start_due(self, now: float) -> None:
@@ -421,31 +299,21 @@ class Arbiter:
     def spawn_tenant(self, record: TenantRecord, now: float) -> None:
         spec = record.spec
         assert spec is not None
-        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         siblings = [r.handle.conn for r in self.records.values() if r.handle is not None]
-        inherited = _InheritedFds(siblings, parent_conn, self.pidfile, self._wake_r, self._wake_w,
-                                  self.metrics.sock if self.metrics is not None else None,
-                                  self.selector)
-        process = self.ctx.Process(
-            target=child_entry,
-            args=(spec, child_conn, inherited, os.getpid()),
-            name=f"tenant:{spec.id}",
-            daemon=True,  # multiprocessing's atexit terminates, never waits forever on, these
-        )
+        parent_side = {"pidfile": self.pidfile, "wake_r": self._wake_r, "wake_w": self._wake_w,
+                       "metrics_sock": self.metrics.sock if self.metrics is not None else None,
+                       "selector": self.selector}
         try:
-            process.start()
+            handle = fork_tenant(self.ctx, spec, parent_side, siblings)
         except OSError as exc:
             log.error("[%s] fork failed: %s; retrying in %.0fs", spec.name, exc,
                       self.config.supervisor.restart_backoff)
-            parent_conn.close()
-            child_conn.close()
             record.next_start_at = now + self.config.supervisor.restart_backoff
             return
-        child_conn.close()  # else EOF never arrives when the child dies
-        record.mark_started(now, process.pid or 0, ChildHandle(process=process, conn=parent_conn))
+        record.mark_started(now, handle.process.pid or 0, handle)
         self._register_child(record)
         self.status_dirty = True
-        log.info("[%s] started (pid %d)%s", spec.name, process.pid,
+        log.info("[%s] started (pid %d)%s", spec.name, handle.process.pid,
                  f", restart #{record.restarts}" if record.restarts else "")
 
     def announce_ready_once(self) -> None:
@@ -542,22 +410,6 @@ class Arbiter:
         due = [r.next_start_at for r in records if r.next_start_at is not None and not r.is_alive()]
         return min(due, default=float("inf"))
 
-    def reap_orphans(self) -> None:
-        """As PID 1, reap zombies that are not our tenants (grandchildren of a handler command).
-
-        WNOWAIT peeks first: a tenant's exit must stay for multiprocessing to collect, or its
-        Process object would never learn the exit code (supervision rule 3).
-        """
-        ours = {r.pid for r in self.records.values() if r.pid}
-        while True:
-            try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return
-            if info is None or info.si_pid in ours:
-                return
-            os.waitpid(info.si_pid, 0)
-
     def _log_exit(self, record: TenantRecord, exitcode: int | None, reason: StopReason | None) -> None:
         if reason in (StopReason.SHUTDOWN, StopReason.REMOVED, StopReason.CHANGED) or self.shutting_down:
             log.info("[%s] stopped (exit code %s)", record.name, exitcode)
@@ -601,21 +453,21 @@ class Arbiter:
         if send_stop and handle.conn_open:
             protocol.send(handle.conn, protocol.stop())
         # SIGTERM too: a child busy in a handler sees the flag as soon as the handler returns.
-        _signal(handle.process.pid, signal.SIGTERM)
+        send_signal(handle.process.pid, signal.SIGTERM)
 
     def enforce_stop_deadlines(self, now: float) -> None:
         for record in self.records.values():
             if (record.is_alive() and record.stop_deadline is not None
                     and now >= record.stop_deadline and not record.kill_sent):
                 log.warning("[%s] did not stop in time: SIGKILL", record.name)
-                _signal(record.handle.process.pid, signal.SIGKILL)
+                send_signal(record.handle.process.pid, signal.SIGKILL)
                 record.kill_sent = True
 
     def kill_survivors(self) -> None:
         """Last resort on the way out: the parent exits last and leaves nothing behind."""
         for record in self.records.values():
             if record.handle is not None and record.handle.process.is_alive():
-                _signal(record.handle.process.pid, signal.SIGKILL)
+                send_signal(record.handle.process.pid, signal.SIGKILL)
         for record in self.records.values():
             if record.handle is not None:
                 record.handle.process.join(5)
@@ -659,60 +511,3 @@ class Arbiter:
             self.next_watchdog = now + self.watchdog_period
 
 
-@dataclass
-class _InheritedFds:
-    """What a freshly forked child must close: the parent's ends and the parent's lock."""
-
-    sibling_conns: list[Connection]
-    own_parent_conn: Connection
-    pidfile: PidFile
-    wake_r: socket.socket | None
-    wake_w: socket.socket | None
-    metrics_sock: socket.socket | None = None
-    selector: Any = None  # the parent's epoll set
-
-    def close_all(self) -> None:
-        for conn in [*self.sibling_conns, self.own_parent_conn]:
-            try:
-                conn.close()
-            except OSError:
-                pass
-        _close_inherited_pipes()
-        if self.selector is not None:
-            self.selector.close()
-        self.pidfile.close_in_child()
-        for sock in (self.wake_r, self.wake_w, self.metrics_sock):
-            if sock is not None:
-                sock.close()
-
-
-def _close_inherited_pipes() -> None:
-    """Close every pipe above stderr in a fresh child.
-
-    multiprocessing keeps two pipes per child in the parent (its exit sentinel, and the write
-    end of that child's parent-death sentinel); every later sibling inherits them. They serve
-    no purpose in a tenant, and with a thousand tenants they are a million kernel file
-    references. No Python object in the child owns a pipe fd at this point (pipe Connections
-    are socketpairs), so no later finalizer can close a reused fd number by mistake.
-    """
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd <= 2:
-            continue
-        try:
-            if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                os.close(fd)
-        except OSError:
-            pass  # the listdir's own fd, already gone
-
-
-def _signal(pid: int | None, signum: int) -> None:
-    if pid:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -87,4 +87,4 @@ def summary_line(records: Iterable[TenantRecord]) -> str:
         counts[state] = counts.get(state, 0) + 1
     parts = [f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
     noun = "tenant" if total == 1 else "tenants"
-    return f"{total} {noun}: " + ", ".join(parts) if parts else f"0 tenants"
+    return f"{total} {noun}: " + ", ".join(parts) if parts else "0 tenants"
