@@ -6,6 +6,7 @@ signalling, and (as PID 1) reaping orphans without stealing the tenants' exit st
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import stat
@@ -74,20 +75,24 @@ def fork_tenant(ctx: Any, spec: TenantSpec, inherited_from_parent: dict[str, Any
 
 
 def close_inherited_pipes() -> None:
-    """Close every pipe above stderr in a fresh child.
+    """Close the read ends of inherited pipes in a fresh child.
 
-    multiprocessing keeps two pipes per child in the parent (its exit sentinel, and the write
-    end of that child's parent-death sentinel); every later sibling inherits them. They serve
-    no purpose in a tenant, and with a thousand tenants they are a million kernel file
-    references. No Python object in the child owns a pipe fd at this point (pipe Connections
-    are socketpairs), so no later finalizer can close a reused fd number by mistake.
+    multiprocessing keeps, per child, the read end of its exit sentinel in the parent; every
+    later sibling inherits those (a thousand tenants: a million kernel file references). Only
+    read ends are closed: the child's own write end of its exit sentinel must stay open until
+    it exits, or the parent's sentinel reads EOF at once and the loop sees a permanent "exit"
+    (that mistake made an idle supervisor spin at 1,000 tenants). The siblings' parent-death
+    write ends look the same from here and stay: one fd per sibling. No Python object in the
+    child owns a pipe fd at this point (pipe Connections are socketpairs), so no later
+    finalizer can close a reused fd number by mistake.
     """
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd <= 2:
             continue
         try:
-            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            if (stat.S_ISFIFO(os.fstat(fd).st_mode)
+                    and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY):
                 os.close(fd)
         except OSError:
             pass  # the listdir's own fd, already gone
