@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import multiprocessing
 import os
 import random
 import selectors
@@ -46,7 +45,7 @@ MESSAGES_PER_CHILD_PER_TICK = 64  # one chatty child cannot starve the loop
 HOUSEKEEPING_PERIOD = 0.25
 SHUTDOWN_HOUSEKEEPING_PERIOD = 0.1  # stop deadlines while stopping
 # Exits are seen through each child's sentinel in the epoll set; the full is_alive() sweep is
-# only a safety net. At 1,000 tenants one sweep is 1,000 waitpid calls through multiprocessing:
+# only a safety net. At 1,000 tenants one sweep is 1,000 waitpid calls:
 # run every housekeeping period it was most of an idle supervisor's CPU (bench/idle_cost.py).
 REAP_SWEEP_PERIOD = 5.0
 STATUS_MIN_INTERVAL = 1.0  # status.json: soon after a visible change, else every heartbeat_interval
@@ -58,7 +57,6 @@ class Arbiter(TenantReconciler):
         self.config = config
         self.state_dir = Path(config.supervisor.state_dir)
         self.records: dict[str, TenantRecord] = {}
-        self.ctx = multiprocessing.get_context("fork")
         self.rng = random.Random()
         self.pidfile = PidFile(self.state_dir)
         self.signal_queue: list[int] = []
@@ -299,12 +297,8 @@ class Arbiter(TenantReconciler):
     def spawn_tenant(self, record: TenantRecord, now: float) -> None:
         spec = record.spec
         assert spec is not None
-        siblings = [r.handle.conn for r in self.records.values() if r.handle is not None]
-        parent_side = {"pidfile": self.pidfile, "wake_r": self._wake_r, "wake_w": self._wake_w,
-                       "metrics_sock": self.metrics.sock if self.metrics is not None else None,
-                       "selector": self.selector}
         try:
-            handle = fork_tenant(self.ctx, spec, parent_side, siblings)
+            handle = fork_tenant(spec)
         except OSError as exc:
             log.error("[%s] fork failed: %s; retrying in %.0fs", spec.name, exc,
                       self.config.supervisor.restart_backoff)
@@ -429,10 +423,7 @@ class Arbiter(TenantReconciler):
         except OSError:
             pass
         handle.process.join(0)
-        try:
-            handle.process.close()
-        except ValueError:
-            pass
+        handle.process.close()
 
     def murder_hung(self, now: float) -> None:
         timeout = self.config.supervisor.heartbeat_timeout

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 from multiprocessing.connection import Connection
-from typing import Any, NoReturn
+from typing import NoReturn
 
 # Imported here, in the parent, before the first fork: every child then shares these modules'
 # pages copy-on-write instead of importing (and owning) its own copy of imapclient, ssl,
@@ -21,9 +21,10 @@ from tenant_proc.main import run_tenant
 from tenant_proc.spec import TenantSpec
 
 
-def child_entry(spec: TenantSpec, conn: Connection, inherited: Any, parent_pid: int) -> NoReturn:
-    signal.set_wakeup_fd(-1)  # else our signals would wake the parent's loop
+def child_entry(spec: TenantSpec, conn: Connection, parent_pid: int) -> NoReturn:
+    """Runs right after the fork, once forking.py has closed the inherited descriptors
+    (sdnotify's socket is closed by its own at-fork hook)."""
+    signal.set_wakeup_fd(-1)  # the parent's wake-up fd number is closed, or reused, here
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
-    inherited.close_all()  # sdnotify closes its own socket in an at-fork hook
     run_tenant(spec, conn, parent_pid)

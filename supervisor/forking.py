@@ -1,101 +1,119 @@
 """Forking a tenant process, and what a fork copies that the child must not keep.
 
-The arbiter decides when to start, stop and reap; this module knows how: one fork-context
-Process per tenant with its own duplex Pipe, the child-side clean-up of inherited descriptors,
-signalling, and (as PID 1) reaping orphans without stealing the tenants' exit statuses.
+The arbiter decides when to start, stop and reap; this module knows how: one os.fork() per
+tenant with its own duplex Pipe and exit sentinel, the child-side closing of inherited
+descriptors, signalling, and (as PID 1) reaping orphans without stealing the tenants' exit
+statuses.
 """
 from __future__ import annotations
 
-import fcntl
 import os
-import socket
-import stat
+import select
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Any
+from multiprocessing.connection import Connection, Pipe
 
 from supervisor.childproc import child_entry
-from supervisor.pidfile import PidFile
 from tenant_proc.spec import TenantSpec
+
+
+class TenantProcess:
+    """One forked tenant: its pid, the read end of its exit pipe (readable at EOF once it has
+    exited, for the event loop), and its exit code once reaped.
+
+    Our own os.fork(), not multiprocessing.Process: a Process child runs multiprocessing's
+    bootstrap, which drops the parent's registry of every sibling (1,000 Process and Finalize
+    objects). Each decref writes to a page shared with the parent and makes it private: that
+    was most of why a tenant's unique memory grew with the number of tenants (bench/memory.py).
+    """
+
+    def __init__(self, pid: int, sentinel: int) -> None:
+        self.pid = pid
+        self.sentinel = sentinel
+        self.exitcode: int | None = None
+        self._sentinel_open = True
+
+    def is_alive(self) -> bool:
+        """False once exited; reaps it (waitpid) the first time it sees the exit."""
+        if self.exitcode is not None:
+            return False
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: the exit status is lost, not the exit
+            self.exitcode = UNKNOWN_EXIT
+            return False
+        if pid == 0:
+            return True
+        self.exitcode = os.waitstatus_to_exitcode(status)  # -N for "killed by signal N"
+        return False
+
+    def join(self, timeout: float) -> None:
+        """Wait up to timeout for the exit (the sentinel reads EOF), then reap."""
+        if self.exitcode is None and self._sentinel_open:
+            poller = select.poll()
+            poller.register(self.sentinel, select.POLLIN)
+            poller.poll(max(timeout, 0.0) * 1000)
+        self.is_alive()
+
+    def close(self) -> None:
+        if self._sentinel_open:
+            self._sentinel_open = False
+            os.close(self.sentinel)
+
+
+UNKNOWN_EXIT = 255
 
 
 @dataclass
 class ChildHandle:
-    process: Any  # multiprocessing.Process (fork context)
+    process: TenantProcess
     conn: Connection  # parent end of the pipe
     conn_open: bool = True
 
 
-@dataclass
-class InheritedFds:
-    """What a freshly forked child must close: the parent's ends and the parent's lock."""
-
-    sibling_conns: list[Connection]
-    own_parent_conn: Connection
-    pidfile: PidFile
-    wake_r: socket.socket | None
-    wake_w: socket.socket | None
-    metrics_sock: socket.socket | None = None
-    selector: Any = None  # the parent's epoll set
-
-    def close_all(self) -> None:
-        for conn in [*self.sibling_conns, self.own_parent_conn]:
-            try:
-                conn.close()
-            except OSError:
-                pass
-        close_inherited_pipes()
-        if self.selector is not None:
-            self.selector.close()
-        self.pidfile.close_in_child()
-        for sock in (self.wake_r, self.wake_w, self.metrics_sock):
-            if sock is not None:
-                sock.close()
-
-
-def fork_tenant(ctx: Any, spec: TenantSpec, inherited_from_parent: dict[str, Any],
-                sibling_conns: list[Connection]) -> ChildHandle:
+def fork_tenant(spec: TenantSpec) -> ChildHandle:
     """Start one tenant process; raises OSError when the fork fails (nothing left open)."""
-    parent_conn, child_conn = ctx.Pipe(duplex=True)
-    inherited = InheritedFds(sibling_conns, parent_conn, **inherited_from_parent)
-    process = ctx.Process(
-        target=child_entry,
-        args=(spec, child_conn, inherited, os.getpid()),
-        name=f"tenant:{spec.id}",
-        daemon=True,  # multiprocessing's atexit terminates, never waits forever on, these
-    )
+    parent_conn, child_conn = Pipe(duplex=True)
+    # The exit sentinel: only the child holds the write end, so EOF on the read end means
+    # it has exited, however it died.
+    sentinel_r, sentinel_w = os.pipe()
+    parent_pid = os.getpid()
     try:
-        process.start()
+        pid = os.fork()
     except OSError:
+        for fd in (sentinel_r, sentinel_w):
+            os.close(fd)
         parent_conn.close()
         child_conn.close()
         raise
-    child_conn.close()  # else EOF never arrives when the child dies
-    return ChildHandle(process=process, conn=parent_conn)
-
-
-def close_inherited_pipes() -> None:
-    """Close the read ends of inherited pipes in a fresh child.
-
-    multiprocessing keeps, per child, the read end of its exit sentinel in the parent; every
-    later sibling inherits those (a thousand tenants: a million kernel file references). Only
-    read ends are closed: the child's own write end of its exit sentinel must stay open until
-    it exits, or the parent's sentinel reads EOF at once and the loop sees a permanent "exit"
-    (that mistake made an idle supervisor spin at 1,000 tenants). The siblings' parent-death
-    write ends look the same from here and stay: one fd per sibling. No Python object in the
-    child owns a pipe fd at this point (pipe Connections are socketpairs), so no later
-    finalizer can close a reused fd number by mistake.
-    """
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd <= 2:
-            continue
+    if pid == 0:  # the child: never returns into the parent's code
+        code = 1
         try:
-            if (stat.S_ISFIFO(os.fstat(fd).st_mode)
-                    and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY):
-                os.close(fd)
-        except OSError:
-            pass  # the listdir's own fd, already gone
+            close_all_fds_except({child_conn.fileno(), sentinel_w})
+            code = child_entry(spec, child_conn, parent_pid)
+        finally:
+            os._exit(code)
+    os.close(sentinel_w)
+    child_conn.close()  # else EOF never arrives when the child dies
+    return ChildHandle(process=TenantProcess(pid, sentinel_r), conn=parent_conn)
+
+
+def close_all_fds_except(keep: set[int]) -> None:
+    """In a fresh child: close every inherited fd but stdio and keep, by number.
+
+    By number, not through the parent's objects (sibling Connections, the epoll set, the
+    pid-file lock, the wake-up socketpair, the metrics socket): touching a thousand parent
+    objects would copy their pages. Those objects stay unused in the child, which ends with
+    os._exit, so no finalizer can later close a reused fd number.
+    """
+    low = 3
+    for fd in sorted(keep):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, MAX_FD)
+
+
+MAX_FD = 1 << 20  # above any RLIMIT_NOFILE in use; closerange() is one close_range() call
 
 
 def send_signal(pid: int | None, signum: int) -> None:
@@ -109,8 +127,8 @@ def send_signal(pid: int | None, signum: int) -> None:
 def reap_orphans(ours: set[int]) -> None:
     """As PID 1, reap zombies that are not our tenants (grandchildren of a handler command).
 
-    WNOWAIT peeks first: a tenant's exit must stay for multiprocessing to collect, or its
-    Process object would never learn the exit code (supervision rule 3).
+    WNOWAIT peeks first: a tenant's exit must stay for TenantProcess.is_alive() to collect,
+    or the arbiter would never learn its exit code (supervision rule 3).
     """
     while True:
         try:

@@ -2,7 +2,8 @@
 
 The lock (flock on the open file) is what guarantees uniqueness; the pid inside is only for
 the CLI. The kernel drops the lock when the process dies, so a stale file never blocks a start.
-Children must close the inherited descriptor or they would keep the lock alive.
+Children must not keep the inherited descriptor or they would keep the lock alive (forking.py
+closes every inherited fd in a new child).
 """
 from __future__ import annotations
 
@@ -34,12 +35,6 @@ class PidFile:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
-
-    def close_in_child(self) -> None:
-        """A forked child must not hold the supervisor's lock."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
     def release(self) -> None:
         if self.fd is None:
