@@ -6,13 +6,18 @@ the parent execute anything, and a garbled frame is just a dropped message.
 
 Child -> parent
   hello      {"type", "tenant_id", "pid"}
-  heartbeat  {"type", "state", "mode", "counters": {...}, "last_error", "server_idle_age"}
+  heartbeat  {"type", "state", "mode", "counters": {...}, "last_error", "server_idle_age",
+              "quiet_for" (optional)}
   processed  {"type", "uid", "uidvalidity", "message_id", "status", "latency"}
   fatal      {"type", "kind": "auth" | "config", "reason"}   (just before exiting EXIT_*)
 Parent -> child
   stop       {"type"}
 
 Counters are plain ints: processed, failed, reconnects, logins.
+
+quiet_for: a child waiting on its server (idle, or between polls) with nothing to report beats
+less often (idle_heartbeat_interval); it says by how many seconds its next beat may come later
+than heartbeat_interval, and the supervisor checks meanwhile that it sleeps (supervisor/liveness.py).
 """
 from __future__ import annotations
 
@@ -97,8 +102,9 @@ def heartbeat(
     counters: dict[str, int],
     last_error: str | None,
     server_idle_age: float | None = None,
+    quiet_for: float = 0.0,
 ) -> dict[str, Any]:
-    return {
+    message = {
         "type": "heartbeat",
         "state": state,
         "mode": mode,
@@ -106,6 +112,9 @@ def heartbeat(
         "last_error": last_error,
         "server_idle_age": server_idle_age,
     }
+    if quiet_for > 0:
+        message["quiet_for"] = quiet_for
+    return message
 
 
 def processed(

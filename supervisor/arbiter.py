@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ipc import protocol
-from supervisor import sdnotify
+from supervisor import liveness, sdnotify
 from supervisor.cluster import make_cluster
 from supervisor.config import Config, ConfigError, load_config
 from supervisor.forking import ChildHandle, fork_tenant, reap_orphans, send_signal
@@ -38,11 +38,12 @@ log = logging.getLogger("supervisor")
 MAX_WAIT = 1.0  # the loop never sleeps longer than this (issue contract)
 START_BATCH = 25  # forks per tick: a thousand tenants start staggered, not as one storm
 MESSAGES_PER_CHILD_PER_TICK = 64  # one chatty child cannot starve the loop
-# Scans over every tenant (reap sweep, hung check, stop deadlines, due starts) run at most this
-# often, or at once after a signal (an exited child is reaped at once, on its own): with
-# 1,000 children sending heartbeats the loop wakes ~200 times a second, and an O(n) scan per
-# wake-up was most of the idle cost.
-HOUSEKEEPING_PERIOD = 0.25
+# Scans over every tenant (hung check, stop deadlines, due starts) run at most this often, or
+# at once after a signal or when a start or stop deadline is due (an exited child is reaped at
+# once, on its own). An O(n) scan per wake-up was most of the idle cost once; four scans a
+# second of 1,000 tenants still were most of what an idle supervisor spent, and a 30 s
+# heartbeat_timeout needs no finer resolution than a second (a shorter one gets timeout/8).
+HOUSEKEEPING_PERIOD = 1.0
 SHUTDOWN_HOUSEKEEPING_PERIOD = 0.1  # stop deadlines while stopping
 # Exits are seen through each child's sentinel in the epoll set; the full is_alive() sweep is
 # only a safety net. At 1,000 tenants one sweep is 1,000 waitpid calls:
@@ -153,7 +154,8 @@ class Arbiter(TenantReconciler):
             self.next_housekeeping = min(self.next_housekeeping, self._next_due_of(exited))
         now = time.monotonic()
         if now >= self.next_housekeeping:
-            period = SHUTDOWN_HOUSEKEEPING_PERIOD if self.shutting_down else HOUSEKEEPING_PERIOD
+            period = SHUTDOWN_HOUSEKEEPING_PERIOD if self.shutting_down else min(
+                HOUSEKEEPING_PERIOD, self.config.supervisor.heartbeat_timeout / 8)
             self.next_housekeeping = now + period
             if now >= self.next_reap_sweep:
                 self.next_reap_sweep = now + REAP_SWEEP_PERIOD
@@ -428,11 +430,33 @@ class Arbiter(TenantReconciler):
     def murder_hung(self, now: float) -> None:
         timeout = self.config.supervisor.heartbeat_timeout
         for record in self.records.values():
-            if record.heartbeat_overdue(now, timeout):
-                record.last_error = f"no heartbeat for {timeout:.0f}s: killed as hung"
-                log.error("[%s] %s", record.name, record.last_error)
-                self.stop_tenant(record, StopReason.HUNG, now, self.config.supervisor.kill_timeout,
-                                 send_stop=False)
+            if record.quiet_for and record.handle is not None and now >= record.next_probe_at:
+                reason = self._probe_quiet(record, now, timeout)
+                if reason is not None:
+                    self._kill_hung(record, now, f"silent for {record.silence(now):.0f}s and "
+                                                 f"{reason}: killed as hung")
+                    continue
+            if record.heartbeat_overdue(now, timeout) and record.quiet_silence_left(now, timeout) <= 0:
+                self._kill_hung(record, now, f"no heartbeat for {timeout:.0f}s: killed as hung")
+
+    def _probe_quiet(self, record: TenantRecord, now: float, timeout: float) -> str | None:
+        """A quiet tenant's /proc check, every timeout/2 once it has been silent that long;
+        a reason counts only after timeout of silence, as a missing heartbeat would."""
+        silence = record.silence(now) or 0.0
+        if silence < timeout / 2:
+            record.next_probe_at = now + timeout / 2 - silence
+            return None
+        record.next_probe_at = now + timeout / 2
+        current = liveness.sample(record.handle.process.pid, now)
+        reason = liveness.why_not_asleep(record.last_probe, current)
+        record.last_probe = current
+        return reason if silence > timeout else None
+
+    def _kill_hung(self, record: TenantRecord, now: float, error: str) -> None:
+        record.last_error = error
+        log.error("[%s] %s", record.name, record.last_error)
+        self.stop_tenant(record, StopReason.HUNG, now, self.config.supervisor.kill_timeout,
+                         send_stop=False)
 
     def stop_tenant(self, record: TenantRecord, reason: StopReason, now: float, timeout: float,
                     send_stop: bool = True) -> None:

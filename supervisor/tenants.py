@@ -16,6 +16,10 @@ from ipc.protocol import EXIT_AUTH, EXIT_CONFIG, EXIT_OK
 from tenant_proc.spec import TenantSpec
 
 
+# A child may not ask for more quiet than this, whatever its message says.
+MAX_QUIET = 3600.0
+
+
 class State(str, enum.Enum):
     STARTING = "starting"  # forked, no heartbeat yet
     RUNNING = "running"  # heartbeats arriving; the child reports its own finer state
@@ -82,6 +86,11 @@ class TenantRecord:
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
     _counter_base: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
     server_idle_age: float | None = None
+    # The last heartbeat's promise: the next may come this many seconds later than usual
+    # (a quiet tenant, see supervisor/liveness.py), while /proc says it sleeps.
+    quiet_for: float = 0.0
+    next_probe_at: float = 0.0
+    last_probe: Any = None  # liveness.ProcSample
 
     # ---- transitions -------------------------------------------------------------------
 
@@ -98,6 +107,8 @@ class TenantRecord:
         self.pid, self.handle = pid, handle
         self.started_at = now
         self.last_heartbeat = None
+        self.quiet_for = 0.0
+        self.last_probe = None
         self.next_start_at = None
         self.stop_deadline = None
         self.stop_reason = None
@@ -120,6 +131,9 @@ class TenantRecord:
             self.last_error = error[:500] if error else None  # the child's word is current
         age = message.get("server_idle_age")
         self.server_idle_age = float(age) if isinstance(age, (int, float)) else None
+        quiet = message.get("quiet_for")
+        self.quiet_for = min(float(quiet), MAX_QUIET) if isinstance(quiet, (int, float)) and quiet > 0 else 0.0
+        self.last_probe = None
         counters = message.get("counters")
         if isinstance(counters, dict):
             for name in COUNTER_NAMES:
@@ -201,10 +215,22 @@ class TenantRecord:
         return self.state.value
 
     def heartbeat_overdue(self, now: float, timeout: float) -> bool:
+        """Silent longer than timeout (a quiet tenant may still be fine: quiet_silence_left)."""
+        silence = self.silence(now)
+        return silence is not None and silence > timeout
+
+    def quiet_silence_left(self, now: float, timeout: float) -> float:
+        """Seconds this tenant may still stay silent on its quiet promise (<= 0: none left)."""
+        silence = self.silence(now)
+        if silence is None or not self.quiet_for:
+            return 0.0
+        return timeout + self.quiet_for - silence
+
+    def silence(self, now: float) -> float | None:
         if self.state not in (State.STARTING, State.RUNNING):
-            return False
+            return None
         last = self.last_heartbeat if self.last_heartbeat is not None else self.started_at
-        return last is not None and now - last > timeout
+        return None if last is None else now - last
 
 
 def _describe_exit(exitcode: int | None) -> str:

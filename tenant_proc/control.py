@@ -17,6 +17,11 @@ from ipc import protocol
 from tenant_proc.title import set_title
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Waiting on the server with nothing to say: heartbeats every idle_heartbeat_interval. Every
+# wait in these states has a deadline and every socket call a timeout, so silence here is
+# not a hang; the supervisor still checks in /proc that the process sleeps (not stopped, not
+# spinning). Any other state (connecting, processing, backoff...) beats every heartbeat_interval.
+QUIET_STATES = frozenset({"idle", "polling"})
 
 
 class StopRequested(Exception):
@@ -26,12 +31,13 @@ class StopRequested(Exception):
 class Control:
     def __init__(
         self, tenant_id: str, name: str, conn: Connection, heartbeat_interval: float,
-        shutdown_timeout: float,
+        shutdown_timeout: float, idle_heartbeat_interval: float | None = None,
     ) -> None:
         self.tenant_id = tenant_id
         self.name = name
         self.conn = conn
         self.heartbeat_interval = heartbeat_interval
+        self.idle_heartbeat_interval = max(idle_heartbeat_interval or 0.0, heartbeat_interval)
         self.shutdown_timeout = shutdown_timeout
         self.state = "starting"
         self.mode: str | None = None
@@ -90,10 +96,12 @@ class Control:
     def heartbeat(self) -> None:
         now = time.monotonic()
         age = None if self.last_server_byte is None else round(now - self.last_server_byte, 3)
-        self.send(
-            protocol.heartbeat(self.state, self.mode, dict(self.counters), self.last_error, age)
-        )
-        self._next_heartbeat = now + self.heartbeat_interval
+        interval = self.heartbeat_interval
+        if self.state in QUIET_STATES:
+            interval = self.idle_heartbeat_interval
+        self.send(protocol.heartbeat(self.state, self.mode, dict(self.counters), self.last_error,
+                                     age, quiet_for=interval - self.heartbeat_interval))
+        self._next_heartbeat = now + interval
 
     def heartbeat_if_due(self) -> None:
         if time.monotonic() >= self._next_heartbeat:

@@ -43,7 +43,8 @@ def run_tenant(spec: TenantSpec, conn: Connection, parent_pid: int) -> NoReturn:
 
 
 def _run(spec: TenantSpec, conn: Connection, parent_pid: int, log: logging.LoggerAdapter) -> int:
-    control = Control(spec.id, spec.name, conn, spec.heartbeat_interval, spec.shutdown_timeout)
+    control = Control(spec.id, spec.name, conn, spec.heartbeat_interval, spec.shutdown_timeout,
+                      spec.idle_heartbeat_interval)
     control.install_signal_handlers()
     os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
     _set_parent_death_signal()

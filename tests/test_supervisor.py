@@ -104,10 +104,14 @@ def test_crashed_child_restarts_after_backoff_and_loses_nothing(dovecot, tmp_pat
         assert {k: v for k, v in run.child_pids().items() if k != "acme"} == others
 
 
-def test_hung_child_is_killed_and_restarted(dovecot, tmp_path):
+@pytest.mark.parametrize("idle_heartbeat_interval, detected_by", [
+    (60, "silent for 2s and it is stopped"),  # quiet idle tenant: caught by the /proc check
+    (0.3, "no heartbeat for 2s"),  # idle tenants beat as often as busy ones: the missing beat
+])
+def test_hung_child_is_killed_and_restarted(dovecot, tmp_path, idle_heartbeat_interval, detected_by):
     dovecot.add_user("acme", "acme-pw")
     settings = {"heartbeat_interval": 0.3, "heartbeat_timeout": 2, "kill_timeout": 1,
-                "restart_backoff": 1}
+                "restart_backoff": 1, "idle_heartbeat_interval": idle_heartbeat_interval}
     with SupervisorRun(tmp_path, dovecot, [TenantEntry("acme", "acme", "acme-pw")],
                        supervisor=settings, imap={"connect_timeout": 1.5, "command_timeout": 1.5}
                        ).start() as run:
@@ -116,10 +120,33 @@ def test_hung_child_is_killed_and_restarted(dovecot, tmp_path):
         status = run.wait_for(lambda s: s["tenants"]["acme"]["pid"] not in (None, pid)
                               and s["tenants"]["acme"]["state"] == "idle", 15, "hung child replaced")
         assert not process_gone_within([pid], 2)
-        assert "no heartbeat" in run.log_text()
+        assert detected_by in run.log_text()
         assert status["tenants"]["acme"]["restarts"] == 1
         dovecot.deliver("acme", make_message("after hang"))
         assert run.wait_emails(1)[0]["subject"] == "after hang"
+
+
+def test_idle_tenant_beats_at_the_idle_interval_and_is_not_taken_for_hung(dovecot, tmp_path):
+    """An idling tenant with nothing to report stays silent past heartbeat_timeout (that is
+    the idle cost saved) and is left alone; mail makes it report at once."""
+    dovecot.add_user("acme", "acme-pw")
+    settings = {"heartbeat_interval": 0.3, "heartbeat_timeout": 2, "kill_timeout": 1,
+                "idle_heartbeat_interval": 4}
+    with SupervisorRun(tmp_path, dovecot, [TenantEntry("acme", "acme", "acme-pw")],
+                       supervisor=settings, imap={"connect_timeout": 1.5, "command_timeout": 1.5}
+                       ).start() as run:
+        pid = run.child_pids()["acme"]
+        ages = []
+        deadline = time.monotonic() + 9
+        while time.monotonic() < deadline:
+            ages.append(run.status()["tenants"]["acme"]["last_heartbeat_age"] or 0.0)
+            time.sleep(0.25)
+        assert max(ages) > 2.5, "idle beats still come every heartbeat_interval"
+        assert max(ages) < 4 + 2, "no beat within the idle interval"
+        assert run.child_pids()["acme"] == pid and "killed as hung" not in run.log_text()
+        dovecot.deliver("acme", make_message("wakes it"))
+        assert run.wait_emails(1)[0]["subject"] == "wakes it"
+        assert run.status()["tenants"]["acme"]["restarts"] == 0
 
 
 def test_sighup_adds_removes_changes_and_leaves_unchanged_alone(dovecot, tmp_path):

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipc.protocol import EXIT_AUTH, EXIT_CONFIG
-from supervisor.tenants import RestartPolicy, State, StopReason, TenantRecord, diff_tenants
+from supervisor.tenants import MAX_QUIET, RestartPolicy, State, StopReason, TenantRecord, diff_tenants
 from tenant_proc.spec import Secret, TenantSpec
 
 POLICY = RestartPolicy(backoff=60, jitter=0.1, failed_backoff=900, max_restarts=5, window=600)
@@ -103,6 +103,21 @@ def test_hung_detection_uses_start_time_before_first_heartbeat():
     assert record.heartbeat_overdue(131.0, 30)
     record.on_heartbeat(131.0, {"state": "idle"})
     assert not record.heartbeat_overdue(160.0, 30)
+
+
+def test_a_quiet_heartbeat_extends_the_allowed_silence_until_the_next_normal_beat():
+    record = started(now=100.0)
+    record.on_heartbeat(100.0, {"state": "idle", "quiet_for": 115.0})
+    assert record.heartbeat_overdue(131.0, 30)  # past the usual timeout...
+    assert record.quiet_silence_left(131.0, 30) == 114.0  # ...but promised to be quiet
+    assert record.quiet_silence_left(246.0, 30) < 0
+    record.on_heartbeat(140.0, {"state": "processing"})  # a normal beat ends the promise
+    assert record.quiet_silence_left(171.0, 30) == 0.0 and record.heartbeat_overdue(171.0, 30)
+    record.on_heartbeat(180.0, {"state": "idle", "quiet_for": 1e9})  # capped
+    assert record.quiet_silence_left(180.0, 30) == 30 + MAX_QUIET
+    for bad in (-5, "a lot", None):
+        record.on_heartbeat(200.0, {"state": "idle", "quiet_for": bad})
+        assert record.quiet_for == 0.0
 
 
 def test_sighup_retries_failed_at_once():
