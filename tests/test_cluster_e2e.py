@@ -9,13 +9,10 @@ flaps; and across all of it every email is processed exactly once.
 """
 from __future__ import annotations
 
-import json
-import os
 import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
