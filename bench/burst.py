@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 
-from common import Bench, bare_connect, password, target, user
+from common import Bench, bare_connect, target, user
 from tenant_proc.message import Envelope, parse_email
 from tests.dovecot import make_message
 

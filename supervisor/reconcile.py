@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from supervisor.config import ConfigError
 from supervisor.sources import SourceError, load_tenants
@@ -22,6 +22,7 @@ SOURCE_RETRY = 30.0  # after a failed tenant read, try again this soon
 
 
 class TenantReconciler:
+    # The arbiter's (supervisor/arbiter.py): annotations only, nothing defined at runtime.
     records: dict[str, TenantRecord]
     config: Any
     cluster: Any
@@ -29,9 +30,9 @@ class TenantReconciler:
     status_dirty: bool
     shutting_down: bool
 
-    def stop_tenant(self, record: TenantRecord, reason: StopReason, now: float, timeout: float,
-                    send_stop: bool = True) -> None:
-        raise NotImplementedError  # the arbiter's
+    if TYPE_CHECKING:
+        def stop_tenant(self, record: TenantRecord, reason: StopReason, now: float, timeout: float,
+                        send_stop: bool = True) -> None: ...
 
     def refresh_if_due(self, now: float) -> None:
         if now >= self.next_refresh:

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import psutil
 
+from tests.postgrest_server import TEST_SERVICE_KEY, PostgrestServer
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -221,6 +223,34 @@ class SupervisorRun:
             return psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
+
+
+@dataclass
+class SupabaseRun(SupervisorRun):
+    """A SupervisorRun whose companies and state are in Supabase (`api`, the PostgREST test server).
+
+    Pass no tenants: companies are rows in the database, so the file has no [[tenant]] tables.
+    TLS to Dovecot is verified against the test CA through SSL_CERT_FILE, because a company row
+    has no ca_file column.
+    """
+
+    api: PostgrestServer | None = None
+
+    def write_config(self) -> None:
+        self.extra_sections = {"tenants": {"source": "supabase"}, "state": {"backend": "supabase"},
+                               **self.extra_sections}
+        super().write_config()
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        assert self.api is not None
+        env.update(SUPABASE_URL=self.api.url, SUPABASE_SERVICE_ROLE_KEY=TEST_SERVICE_KEY,
+                   SSL_CERT_FILE=str(self.dovecot.ca_file))
+        return env
+
+    def wait_tenants(self, ids: set[str], timeout: float = 20) -> dict[str, Any]:
+        return self.wait_for(lambda s: set(s["tenants"]) == ids and all(
+            s["tenants"][t]["state"] == "idle" for t in ids), timeout, f"tenants {sorted(ids)} idle")
 
 
 def _toml_value(value: Any) -> str:

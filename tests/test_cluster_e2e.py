@@ -9,21 +9,18 @@ flaps; and across all of it every email is processed exactly once.
 """
 from __future__ import annotations
 
-import json
-import os
 import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 from tests.dovecot import make_message
 from tests.pg import PostgresDatabase
-from tests.postgrest_server import TEST_SERVICE_KEY, PostgrestServer
-from tests.supervisor_run import SupervisorRun
+from tests.postgrest_server import TEST_SERVICE_KEY
+from tests.supervisor_run import SupabaseRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,25 +29,15 @@ COMPANIES = [f"co{i:02d}" for i in range(30)]
 
 
 @dataclass
-class ClusterRun(SupervisorRun):
+class ClusterRun(SupabaseRun):
     """A supervisor with its companies and state in Supabase and [cluster] on."""
 
-    api: PostgrestServer | None = None
     instance: str = ""
 
     def write_config(self) -> None:
-        self.extra_sections = {"cluster": {"enabled": True, "instance_id": self.instance,
-                                           "lease_ttl": TTL}}
+        self.extra_sections["cluster"] = {"enabled": True, "instance_id": self.instance,
+                                          "lease_ttl": TTL}
         super().write_config()
-        with self.config_path.open("a") as fh:
-            fh.write('\n[tenants]\nsource = "supabase"\n\n[state]\nbackend = "supabase"\n')
-
-    def env(self) -> dict[str, str]:
-        env = super().env()
-        assert self.api is not None
-        env.update(SUPABASE_URL=self.api.url, SUPABASE_SERVICE_ROLE_KEY=TEST_SERVICE_KEY,
-                   SSL_CERT_FILE=str(self.dovecot.ca_file))
-        return env
 
     def idle_tenants(self) -> set[str]:
         return {t for t, s in self.status()["tenants"].items() if s["state"] == "idle"}

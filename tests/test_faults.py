@@ -7,7 +7,6 @@ recovery times are printed (pytest -s) and summarised in README.md (Failure beha
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -36,7 +35,7 @@ from tenant_proc.mailbox import Mailbox, Notice
 from tenant_proc.spec import ImapSettings, Secret, StateSpec, TenantSpec
 from tenant_proc.store import SqliteStore
 from tests.dovecot import make_message
-from tests.faultlib import Appender, assert_exactly_once, maildir_deliver, wait_until, write_spy
+from tests.faultlib import Appender, assert_exactly_once, maildir_deliver, write_spy
 from tests.supervisor_run import SupervisorRun, TenantEntry, process_gone_within
 from tests.tcp_proxy import TcpProxy
 
@@ -389,7 +388,6 @@ def test_chaos_random_sigkills_while_2000_emails_arrive(dovecot, tmp_path):
     kills = 0
     with SupervisorRun(tmp_path, dovecot, tenants, supervisor=supervisor).start(timeout=40) as run:
         appender = Appender(dovecot, users)
-        stop_killing = threading.Event()
         errors: list[BaseException] = []
 
         def append_share(share: list[str], per_user: int) -> None:

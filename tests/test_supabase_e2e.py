@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,32 +18,9 @@ import pytest
 from tests.dovecot import make_message
 from tests.pg import PostgresDatabase
 from tests.postgrest_server import TEST_SERVICE_KEY, PostgrestServer
-from tests.supervisor_run import SupervisorRun, process_gone_within, unique_emails
+from tests.supervisor_run import SupabaseRun, process_gone_within, unique_emails
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@dataclass
-class SupabaseRun(SupervisorRun):
-    """SupervisorRun whose tenants come from Supabase: no [[tenant]] tables in the file."""
-
-    api: PostgrestServer | None = None
-
-    def write_config(self) -> None:
-        super().write_config()  # self.tenants is empty: only [supervisor], [imap], [handler]
-        with self.config_path.open("a") as fh:
-            fh.write('\n[tenants]\nsource = "supabase"\n\n[state]\nbackend = "supabase"\n')
-
-    def env(self) -> dict[str, str]:
-        env = super().env()
-        assert self.api is not None
-        env.update(SUPABASE_URL=self.api.url, SUPABASE_SERVICE_ROLE_KEY=TEST_SERVICE_KEY,
-                   SSL_CERT_FILE=str(self.dovecot.ca_file))
-        return env
-
-    def wait_tenants(self, ids: set[str], timeout: float = 20) -> dict[str, Any]:
-        return self.wait_for(lambda s: set(s["tenants"]) == ids and all(
-            s["tenants"][t]["state"] == "idle" for t in ids), timeout, f"tenants {sorted(ids)} idle")
 
 
 def add_company(db: PostgresDatabase, dovecot: Any, cid: str, name: str | None = None) -> None:
