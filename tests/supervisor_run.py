@@ -13,11 +13,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
-from tests.postgrest_server import TEST_SERVICE_KEY, PostgrestServer
+if TYPE_CHECKING:  # psycopg stays a test-only import: bench/ and the demo use this module too
+    from tests.postgrest_server import PostgrestServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -242,6 +243,8 @@ class SupabaseRun(SupervisorRun):
         super().write_config()
 
     def env(self) -> dict[str, str]:
+        from tests.postgrest_server import TEST_SERVICE_KEY
+
         env = super().env()
         assert self.api is not None
         env.update(SUPABASE_URL=self.api.url, SUPABASE_SERVICE_ROLE_KEY=TEST_SERVICE_KEY,
