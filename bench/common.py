@@ -164,41 +164,50 @@ def target(name: str, value: float, unit: str, limit: float, baseline: Any, ok: 
 # ---- the supervisor's children, seen from outside ---------------------------------------------
 
 def tenant_children(sup_pid: int) -> list[psutil.Process]:
+    return [psutil.Process(pid) for pid in child_pids(sup_pid) if psutil.pid_exists(pid)]
+
+
+def child_pids(sup_pid: int) -> list[int]:
+    """The supervisor's children from the kernel's own list: one read. psutil's children()
+    reads every process's stat (2,000+ with Dovecot's), and polling that every 50 ms during a
+    start took ~9% of the machine from the processes being measured."""
     try:
-        return psutil.Process(sup_pid).children()
-    except psutil.NoSuchProcess:
+        with open(f"/proc/{sup_pid}/task/{sup_pid}/children") as fh:
+            return [int(pid) for pid in fh.read().split()]
+    except OSError:
         return []
 
 
-def title_states(children: list[psutil.Process]) -> dict[str, int]:
-    """Count children by the state in their title ("Company 0001 [idle] idle-supervisor")."""
-    counts: dict[str, int] = {}
-    for p in children:
-        try:
-            with open(f"/proc/{p.pid}/cmdline", "rb") as fh:
-                title = fh.read().decode("utf-8", "replace")
-        except OSError:
-            continue
-        start, end = title.find("["), title.find("]")
-        state = title[start + 1:end] if 0 <= start < end else "?"
-        counts[state] = counts.get(state, 0) + 1
-    return counts
+def title_state(pid: int) -> str | None:
+    """The state in a child's title ("Company 0001 [idle] idle-supervisor"); None if gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            title = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    start, end = title.find("["), title.find("]")
+    return title[start + 1:end] if 0 <= start < end else "?"
 
 
 def wait_all(sup: SupervisorRun, n: int, states: tuple[str, ...], timeout: float,
              interval: float = 0.1) -> float:
-    """Wait until n children show one of states in their title; returns monotonic time then."""
+    """Wait until n children show one of states in their title; returns monotonic time then.
+
+    A child seen in one of states is not read again (they stay there while nothing happens),
+    so the polling costs little next to what it measures."""
     deadline = time.monotonic() + timeout
-    counts: dict[str, int] = {}
+    arrived: set[int] = set()
     while time.monotonic() < deadline:
         assert sup.proc is not None
         if sup.proc.poll() is not None:
             raise RuntimeError(f"supervisor exited {sup.proc.returncode}: {sup.log_text()[-2000:]}")
-        counts = title_states(tenant_children(sup.proc.pid))
-        if sum(counts.get(s, 0) for s in states) >= n:
+        pids = child_pids(sup.proc.pid)
+        arrived &= set(pids)  # a child that exited is no longer there
+        arrived.update(pid for pid in pids if pid not in arrived and title_state(pid) in states)
+        if len(arrived) >= n:
             return time.monotonic()
         time.sleep(interval)
-    raise RuntimeError(f"not all {n} tenants in {states} after {timeout}s: {counts}")
+    raise RuntimeError(f"not all {n} tenants in {states} after {timeout}s: {len(arrived)} arrived")
 
 
 def cpu_seconds(procs: list[psutil.Process]) -> tuple[float, int]:
