@@ -16,6 +16,7 @@ from typing import Iterable
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import CapabilityError, LoginError
 
+from tenant_proc import imap_tags  # noqa: F401  (before any IMAPClient: see the module)
 from tenant_proc.spec import TenantSpec
 
 SECURITY_LABELS = {"tls": "TLS", "starttls": "STARTTLS", "plain": "plain text"}
