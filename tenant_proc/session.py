@@ -20,6 +20,7 @@ from tenant_proc.connect import (
 )
 from tenant_proc.control import Control, StopRequested, readable_fds
 from tenant_proc.mailbox import Mailbox, Notice
+from tenant_proc.memory import return_free_memory
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store_api import LeaseLost, StoreError
 
@@ -126,6 +127,7 @@ class Session:
         while True:
             self.control.set_state("polling", mode="poll")
             wake = min(next_poll, self.mailbox.retry_at or next_poll)
+            self._rest()
             self.control.wait((), wake - time.monotonic())
             if time.monotonic() < wake:
                 continue
@@ -151,6 +153,8 @@ class Session:
         # announced in answer to those commands, and imaplib filed it away: look there too.
         announced = _announced_meanwhile(client)
         notice = Notice.now() if _has_new_mail(self._read_pending()) or announced else None
+        if notice is None:
+            self._rest()
         reason = "mail"
         while notice is None:
             reason, due = self._next_idle_deadline(started)
@@ -161,6 +165,12 @@ class Session:
                 notice, reason = Notice.now(), "mail"
         self._leave_idle(probe=reason == "dead")
         return reason, notice or Notice.now()
+
+    def _rest(self) -> None:
+        """About to wait on the server: hold no database connection or freed heap meanwhile
+        (see SqliteStore.release and tenant_proc/memory.py); a no-op when already resting."""
+        if self.mailbox.store.release():
+            return_free_memory()
 
     def _next_idle_deadline(self, started: float) -> tuple[str, float]:
         imap = self.spec.imap
