@@ -207,7 +207,8 @@ class Arbiter(TenantReconciler):
         return min(due) if due else float("inf")
 
     def _wait_timeout(self, now: float) -> float:
-        return min(MAX_WAIT, max(0.0, self.next_housekeeping - now))
+        due = min(self.next_housekeeping, self._next_status_write())
+        return min(MAX_WAIT, max(0.0, due - now))
 
     # ---- signals -----------------------------------------------------------------------
 
@@ -496,10 +497,16 @@ class Arbiter(TenantReconciler):
         """At least every heartbeat_interval (the contract); sooner, at most once a second,
         when a tenant's state, counters or error changed. Rewriting it every second for 1,000
         tenants whose heartbeats changed nothing was a large part of the idle cost."""
-        interval = self.config.supervisor.heartbeat_interval
-        if now >= self.next_status or (
-                self.status_dirty and now >= self.last_status + min(STATUS_MIN_INTERVAL, interval)):
+        if now >= self._next_status_write():
             self.write_status_now()
+
+    def _next_status_write(self) -> float:
+        """When status.json is due (monotonic): the loop wakes for it, not only at housekeeping
+        (once a second now), so a change shows within STATUS_MIN_INTERVAL as before."""
+        if self.status_dirty:
+            interval = self.config.supervisor.heartbeat_interval
+            return min(self.next_status, self.last_status + min(STATUS_MIN_INTERVAL, interval))
+        return self.next_status
 
     def write_status_now(self) -> None:
         now = time.monotonic()

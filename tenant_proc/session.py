@@ -41,6 +41,7 @@ class Session:
         self.client: IMAPClient | None = None
         self.idling = False
         self.next_reconcile = 0.0
+        self._done_at_last_rest = -1  # -1: the first rest, after connecting, trims too
 
     def run(self) -> None:
         """Serve until asked to stop (returns) or a FatalError (raised)."""
@@ -167,9 +168,11 @@ class Session:
         return reason, notice or Notice.now()
 
     def _rest(self) -> None:
-        """About to wait on the server: hold no database connection or freed heap meanwhile
-        (see SqliteStore.release and tenant_proc/memory.py); a no-op when already resting."""
-        if self.mailbox.store.release():
+        """About to wait on the server after work (connecting, mail): give the heap it freed
+        back to the kernel (tenant_proc/memory.py). Not after a wait that found nothing."""
+        done = self.control.counters["processed"] + self.control.counters["failed"]
+        if done != self._done_at_last_rest:
+            self._done_at_last_rest = done
             return_free_memory()
 
     def _next_idle_deadline(self, started: float) -> tuple[str, float]:

@@ -57,41 +57,15 @@ def open_store(spec: TenantSpec) -> StateStore:
 class SqliteStore:
     def __init__(self, path: Path) -> None:
         _prepare_file(path)
-        self._path = path
-        self._conn: sqlite3.Connection | None = None
-        self._conn = self._open(create_schema=True)  # fail at start, not on the first email
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = self._open(create_schema=False)
-        return self._conn
-
-    def _open(self, create_schema: bool) -> sqlite3.Connection:
         try:
             # isolation_level=None: we write BEGIN/COMMIT ourselves so each call is one transaction.
-            db = sqlite3.connect(str(self._path), timeout=5.0, isolation_level=None)
-            db.execute("PRAGMA busy_timeout = 5000")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL is durable across crashes of a process
-            if create_schema:
-                db.executescript(SCHEMA)
-            return db
+            self._db = sqlite3.connect(str(path), timeout=5.0, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL is durable across crashes of a process
+            self._db.executescript(SCHEMA)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open {self._path}: {exc}") from None
-
-    def release(self) -> bool:
-        """Close the connection until the next call needs it; True if one was open.
-
-        A tenant that only waits in IDLE needs no database: closed, its page cache and
-        statement cache stop counting against the tenant's memory (about 0.3 MB of the
-        ~5 MB per process, bench/memory.py), and reopening when mail comes costs ~1 ms.
-        """
-        if self._conn is None:
-            return False
-        self._conn.close()
-        self._conn = None
-        return True
+            raise StoreError(f"cannot open {path}: {exc}") from None
 
     def load_checkpoint(self, tenant_id: str, folder: str) -> Checkpoint | None:
         row = self._query_one(
@@ -210,7 +184,7 @@ class SqliteStore:
         return bool(row) and row[0] in DONE_STATUSES
 
     def close(self) -> None:
-        self.release()
+        self._db.close()
 
     def _query_one(self, sql: str, params: tuple) -> tuple | None:
         try:

@@ -51,9 +51,6 @@ class StateStore(Protocol):
 
     def close(self) -> None: ...
 
-    def release(self) -> bool:
-        """Drop what an idle tenant need not hold (reopened on next use); True if it did."""
-
 
 class StoreError(RuntimeError):
     """The backend could not read or write; the caller retries later, never skips mail."""

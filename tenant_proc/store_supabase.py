@@ -147,9 +147,6 @@ class SupabaseStore:
             _match(self._client.table(LEDGER).select("status"), key).execute().data))
         return bool(rows) and rows[0]["status"] in DONE_STATUSES
 
-    def release(self) -> bool:
-        return False  # nothing worth dropping between HTTP calls
-
     def close(self) -> None:
         close_client(self._client)
 

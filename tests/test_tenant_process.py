@@ -166,43 +166,6 @@ def test_idle_delivery(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
     assert tenant.stop() == protocol.EXIT_OK
 
 
-def _open_database_files(pid: int) -> set[str]:
-    found = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if "checkpoints.sqlite3" in target:
-            found.add(Path(target).name)
-    return found
-
-
-def _wait_database_closed(pid: int, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while _open_database_files(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _open_database_files(pid) == set(), "an idle tenant keeps its database open"
-
-
-def test_an_idle_tenant_holds_no_database_connection(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
-    """Waiting in IDLE it closes SQLite (memory); mail reopens it, and the checkpoint written
-    then is what a restart resumes from."""
-    tenant = tenants(make_spec(dovecot, tmp_path))
-    tenant.wait_state("idle")
-    _wait_database_closed(tenant.proc.pid)
-    for i in range(3):
-        dovecot.deliver("alice", make_message(f"mail {i}"))
-        wait_lines(tmp_path, i + 1)
-        _wait_database_closed(tenant.proc.pid)
-    assert tenant.stop() == protocol.EXIT_OK
-    again = tenants(make_spec(dovecot, tmp_path))
-    again.wait_state("idle")
-    dovecot.deliver("alice", make_message("after restart"))
-    lines = wait_lines(tmp_path, 4)
-    assert [line["subject"] for line in lines] == ["mail 0", "mail 1", "mail 2", "after restart"]
-
-
 def test_backfill_none_skips_old_mail(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
     dovecot.deliver("alice", make_message("old"))
     tenant = tenants(make_spec(dovecot, tmp_path, backfill="none"))
