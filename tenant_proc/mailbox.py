@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Iterator
 
 from imapclient import IMAPClient
+from imapclient.response_parser import parse_fetch_response
 
 from ipc import protocol
 from tenant_proc.control import Control
@@ -85,20 +86,23 @@ class Mailbox:
     def catch_up(self, client: IMAPClient, notice: Notice) -> None:
         """Process every UID above the checkpoint (stops early if a handler asks for a retry)."""
         assert self.checkpoint is not None, "sync_checkpoint first"
-        last = self.checkpoint.last_uid
-        # "n:*" always includes the highest UID, even when it is below n.
-        uids = sorted(u for u in client.search(["UID", f"{last + 1}:*"]) if u > last)
+        # One round trip finds the new UIDs and their sizes (no UID SEARCH first): under load
+        # every round trip waits for the server and then for a CPU again.
+        sizes = _sizes_above(client, self.checkpoint.last_uid)
+        uids = sorted(sizes)
         if not uids:
             self._clear_retry()
             return
         self.control.set_state("processing")
         for batch in _chunks(uids, self.spec.imap.batch_size):
-            if not self._process_batch(client, batch, notice):
+            if not self._process_batch(client, batch, sizes, notice):
                 return
 
-    def _process_batch(self, client: IMAPClient, batch: list[int], notice: Notice) -> bool:
+    def _process_batch(
+        self, client: IMAPClient, batch: list[int], sizes: dict[int, int], notice: Notice
+    ) -> bool:
         """False when a retry is pending: later UIDs wait so the checkpoint never skips one."""
-        messages = self._fetch(client, batch)
+        messages = self._fetch(client, batch, sizes)
         for uid in batch:
             self.control.check()
             if self.retry_uid == uid and self.retry_at is not None and time.monotonic() < self.retry_at:
@@ -112,12 +116,13 @@ class Mailbox:
                 return False
         return True
 
-    def _fetch(self, client: IMAPClient, batch: list[int]) -> dict[int, dict[bytes, Any]]:
+    def _fetch(
+        self, client: IMAPClient, batch: list[int], sizes: dict[int, int]
+    ) -> dict[int, dict[bytes, Any]]:
         """Bodies with BODY.PEEK (never sets \\Seen); headers only for oversized messages."""
-        sizes = client.fetch(batch, ["RFC822.SIZE"])
         limit = self.spec.imap.max_message_bytes
-        small = [u for u in batch if u in sizes and int(sizes[u][b"RFC822.SIZE"]) <= limit]
-        large = [u for u in batch if u in sizes and u not in small]
+        small = [u for u in batch if sizes[u] <= limit]
+        large = [u for u in batch if sizes[u] > limit]
         messages: dict[int, dict[bytes, Any]] = {}
         if small:
             messages.update(client.fetch(small, ["BODY.PEEK[]", "INTERNALDATE", "RFC822.SIZE"]))
@@ -220,6 +225,25 @@ class Mailbox:
     def _clear_retry(self) -> None:
         self.retry_uid = None
         self.retry_at = None
+
+
+def _sizes_above(client: IMAPClient, last_uid: int) -> dict[int, int]:
+    """{uid: RFC822.SIZE} of every message with a UID above last_uid: `UID FETCH last+1:*`.
+
+    imapclient's fetch() cannot send a range with "*", hence the raw command. "n:*" always
+    includes the highest UID even when it is below n, and unsolicited FETCH responses (flag
+    changes, keyed by sequence number) may be mixed in: keep only UIDs above last_uid that
+    came with a size.
+    """
+    data = client._raw_command_untagged(
+        b"FETCH", [f"{last_uid + 1}:*".encode(), b"(RFC822.SIZE)"], uid=True
+    )
+    response = parse_fetch_response(data, client.normalise_times, True)
+    return {
+        uid: int(item[b"RFC822.SIZE"])
+        for uid, item in response.items()
+        if uid > last_uid and b"RFC822.SIZE" in item
+    }
 
 
 def _uidnext(client: IMAPClient, folder: str, select_info: dict[bytes, Any]) -> int:

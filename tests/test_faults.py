@@ -179,10 +179,16 @@ class FakeImap:
     def select_info(self) -> dict[bytes, Any]:
         return {b"UIDVALIDITY": self.uidvalidity, b"UIDNEXT": self.next_uid}
 
-    def search(self, criteria: list[str]) -> list[int]:
-        low = int(criteria[1].split(":")[0])
-        found = [u for u in self.messages if u >= low]
-        return found or ([max(self.messages)] if self.messages else [])  # "n:*" semantics
+    normalise_times = True
+
+    def _raw_command_untagged(self, command: bytes, args: list[bytes], uid: bool = True) -> list[bytes]:
+        """`UID FETCH n:* (RFC822.SIZE)` as imaplib hands back the untagged lines."""
+        assert command == b"FETCH" and uid and args[0].endswith(b":*"), (command, args)
+        low = int(args[0].split(b":")[0])
+        found = [u for u in sorted(self.messages) if u >= low]
+        found = found or ([max(self.messages)] if self.messages else [])  # "n:*" semantics
+        seqs = {u: i + 1 for i, u in enumerate(sorted(self.messages))}
+        return [f"{seqs[u]} (UID {u} RFC822.SIZE {len(self.messages[u])})".encode() for u in found]
 
     def fetch(self, uids: list[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
         out = {}
