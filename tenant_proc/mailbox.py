@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from imapclient import IMAPClient
 from imapclient.response_parser import parse_fetch_response
@@ -83,12 +83,18 @@ class Mailbox:
 
     # -- catch up ------------------------------------------------------------------------
 
-    def catch_up(self, client: IMAPClient, notice: Notice) -> None:
-        """Process every UID above the checkpoint (stops early if a handler asks for a retry)."""
+    def catch_up(
+        self, client: IMAPClient, notice: Notice, on_sent: Callable[[], None] | None = None
+    ) -> None:
+        """Process every UID above the checkpoint (stops early if a handler asks for a retry).
+
+        on_sent runs once the first command is on its way, before its answer is read: the
+        session uses it to read the end of an IDLE whose DONE went out just before.
+        """
         assert self.checkpoint is not None, "sync_checkpoint first"
         # One round trip finds the new UIDs and their sizes (no UID SEARCH first): under load
         # every round trip waits for the server and then for a CPU again.
-        sizes = _sizes_above(client, self.checkpoint.last_uid)
+        sizes = _sizes_above(client, self.checkpoint.last_uid, on_sent)
         uids = sorted(sizes)
         if not uids:
             self._clear_retry()
@@ -227,17 +233,23 @@ class Mailbox:
         self.retry_at = None
 
 
-def _sizes_above(client: IMAPClient, last_uid: int) -> dict[int, int]:
+def _sizes_above(
+    client: IMAPClient, last_uid: int, on_sent: Callable[[], None] | None = None
+) -> dict[int, int]:
     """{uid: RFC822.SIZE} of every message with a UID above last_uid: `UID FETCH last+1:*`.
 
-    imapclient's fetch() cannot send a range with "*", hence the raw command. "n:*" always
-    includes the highest UID even when it is below n, and unsolicited FETCH responses (flag
-    changes, keyed by sequence number) may be mixed in: keep only UIDs above last_uid that
-    came with a size.
+    imapclient's fetch() cannot send a range with "*" (nor let us act between sending and
+    reading), hence imaplib's command and response halves. "n:*" always includes the highest
+    UID even when it is below n, and unsolicited FETCH responses (flag changes, keyed by
+    sequence number) may be mixed in: keep only UIDs above last_uid that came with a size.
     """
-    data = client._raw_command_untagged(
-        b"FETCH", [f"{last_uid + 1}:*".encode(), b"(RFC822.SIZE)"], uid=True
-    )
+    imap = client._imap
+    tag = imap._command("UID", "FETCH", f"{last_uid + 1}:*", "(RFC822.SIZE)")
+    if on_sent is not None:
+        on_sent()
+    typ, data = imap._command_complete("FETCH", tag)
+    typ, data = imap._untagged_response(typ, data, "FETCH")
+    client._checkok("fetch", typ, data)
     response = parse_fetch_response(data, client.normalise_times, True)
     return {
         uid: int(item[b"RFC822.SIZE"])

@@ -157,11 +157,6 @@ class Crash(BaseException):
 class FakeImap:
     """The parts of IMAPClient the mailbox uses, over an in-memory folder."""
 
-    def __init__(self) -> None:
-        self.uidvalidity = 1000
-        self.messages: dict[int, bytes] = {}
-        self.next_uid = 1
-
     def add(self, kind: str) -> int:
         uid = self.next_uid
         self.next_uid += 1
@@ -181,14 +176,23 @@ class FakeImap:
 
     normalise_times = True
 
-    def _raw_command_untagged(self, command: bytes, args: list[bytes], uid: bool = True) -> list[bytes]:
+    def __init__(self) -> None:
+        self.uidvalidity = 1000
+        self.messages: dict[int, bytes] = {}
+        self.next_uid = 1
+        self._imap = _FakeImaplib(self)
+
+    def size_lines(self, uid_range: str) -> list[bytes]:
         """`UID FETCH n:* (RFC822.SIZE)` as imaplib hands back the untagged lines."""
-        assert command == b"FETCH" and uid and args[0].endswith(b":*"), (command, args)
-        low = int(args[0].split(b":")[0])
+        assert uid_range.endswith(":*"), uid_range
+        low = int(uid_range.split(":")[0])
         found = [u for u in sorted(self.messages) if u >= low]
         found = found or ([max(self.messages)] if self.messages else [])  # "n:*" semantics
         seqs = {u: i + 1 for i, u in enumerate(sorted(self.messages))}
         return [f"{seqs[u]} (UID {u} RFC822.SIZE {len(self.messages[u])})".encode() for u in found]
+
+    def _checkok(self, command: str, typ: str, data: Any) -> None:
+        assert typ == "OK"
 
     def fetch(self, uids: list[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
         out = {}
@@ -198,6 +202,25 @@ class FakeImap:
                 out[uid] = {b"RFC822.SIZE": len(body), b"BODY[]": body,
                             b"INTERNALDATE": datetime.now(timezone.utc)}
         return out
+
+
+class _FakeImaplib:
+    """The imaplib halves the mailbox sends its size FETCH with."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+        self.pending: tuple[str, ...] = ()
+
+    def _command(self, *args: str) -> str:
+        assert args[:2] == ("UID", "FETCH") and args[3] == "(RFC822.SIZE)", args
+        self.pending = args
+        return "A1"
+
+    def _command_complete(self, name: str, tag: str) -> tuple[str, list[bytes]]:
+        return "OK", [b"done"]
+
+    def _untagged_response(self, typ: str, data: Any, name: str) -> tuple[str, list[bytes]]:
+        return typ, self.owner.size_lines(self.pending[2])
 
 
 class PropertyWorld:

@@ -22,17 +22,29 @@ class WireImap:
     def __init__(self, messages: dict[int, bytes]) -> None:
         self.messages = messages
         self.sent: list[str] = []
+        self._imap = self  # the imaplib halves the size FETCH is sent with live here too
+        self._args: tuple[str, ...] = ()
 
-    def _raw_command_untagged(self, command: bytes, args: list[bytes], uid: bool = True) -> list[bytes]:
-        assert uid and command == b"FETCH"
-        self.sent.append(f"UID FETCH {args[0].decode()} {args[1].decode()}")
-        low = int(args[0].split(b":")[0])
+    def _command(self, *args: str) -> str:
+        self.sent.append(" ".join(args))
+        self._args = args
+        return "A1"
+
+    def _command_complete(self, name: str, tag: str) -> tuple[str, list[bytes]]:
+        return "OK", [b"FETCH completed"]
+
+    def _untagged_response(self, typ: str, data: Any, name: str) -> tuple[str, list[bytes]]:
+        assert self._args[:2] == ("UID", "FETCH") and self._args[3] == "(RFC822.SIZE)"
+        low = int(self._args[2].split(":")[0])
         ordered = sorted(self.messages)
         found = [u for u in ordered if u >= low] or ordered[-1:]  # "n:*" includes the highest UID
         lines = [f"{ordered.index(u) + 1} (UID {u} RFC822.SIZE {len(self.messages[u])})".encode()
                  for u in found]
         # An unsolicited flag change (keyed by sequence number, no size) may ride along.
-        return lines + [b"1 (FLAGS (\\Seen))"]
+        return typ, lines + [b"1 (FLAGS (\\Seen))"]
+
+    def _checkok(self, command: str, typ: str, data: Any) -> None:
+        assert typ == "OK"
 
     def fetch(self, uids: list[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
         self.sent.append(f"UID FETCH {','.join(map(str, uids))} ({' '.join(items)})")
