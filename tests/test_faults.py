@@ -182,14 +182,22 @@ class FakeImap:
         self.next_uid = 1
         self._imap = _FakeImaplib(self)
 
-    def size_lines(self, uid_range: str) -> list[bytes]:
-        """`UID FETCH n:* (RFC822.SIZE)` as imaplib hands back the untagged lines."""
-        assert uid_range.endswith(":*"), uid_range
-        low = int(uid_range.split(":")[0])
-        found = [u for u in sorted(self.messages) if u >= low]
-        found = found or ([max(self.messages)] if self.messages else [])  # "n:*" semantics
+    def fetch_lines(self, uid_set: str, items: str) -> list[Any]:
+        """`UID FETCH n:* (RFC822.SIZE)` or `UID FETCH n (BODY.PEEK[]<0.N> ...)` as imaplib
+        hands back the untagged lines."""
         seqs = {u: i + 1 for i, u in enumerate(sorted(self.messages))}
-        return [f"{seqs[u]} (UID {u} RFC822.SIZE {len(self.messages[u])})".encode() for u in found]
+        if uid_set.endswith(":*"):
+            low = int(uid_set.split(":")[0])
+            found = [u for u in sorted(self.messages) if u >= low]
+            found = found or ([max(self.messages)] if self.messages else [])  # "n:*" semantics
+            return [f"{seqs[u]} (UID {u} RFC822.SIZE {len(self.messages[u])})".encode() for u in found]
+        uid, limit = int(uid_set), int(items.split("<0.")[1].split(">")[0])
+        if uid not in self.messages:
+            return []
+        body = self.messages[uid]
+        head = body[:limit]
+        return [(f"{seqs[uid]} (UID {uid} RFC822.SIZE {len(body)} BODY[]<0> {{{len(head)}}}".encode(), head),
+                b")"]
 
     def _checkok(self, command: str, typ: str, data: Any) -> None:
         assert typ == "OK"
@@ -205,22 +213,24 @@ class FakeImap:
 
 
 class _FakeImaplib:
-    """The imaplib halves the mailbox sends its size FETCH with."""
+    """The imaplib halves the mailbox sends its pipelined FETCHes with."""
 
     def __init__(self, owner: Any) -> None:
         self.owner = owner
-        self.pending: tuple[str, ...] = ()
+        self.pending: list[tuple[str, ...]] = []
 
     def _command(self, *args: str) -> str:
-        assert args[:2] == ("UID", "FETCH") and args[3] == "(RFC822.SIZE)", args
-        self.pending = args
-        return "A1"
+        assert args[:2] == ("UID", "FETCH"), args
+        self.pending.append(args)
+        return f"A{len(self.pending)}"
 
     def _command_complete(self, name: str, tag: str) -> tuple[str, list[bytes]]:
         return "OK", [b"done"]
 
-    def _untagged_response(self, typ: str, data: Any, name: str) -> tuple[str, list[bytes]]:
-        return typ, self.owner.size_lines(self.pending[2])
+    def _untagged_response(self, typ: str, data: Any, name: str) -> tuple[str, list[Any]]:
+        lines = [line for args in self.pending for line in self.owner.fetch_lines(args[2], args[3])]
+        self.pending = []
+        return typ, lines
 
 
 class PropertyWorld:

@@ -23,23 +23,38 @@ class WireImap:
         self.messages = messages
         self.sent: list[str] = []
         self._imap = self  # the imaplib halves the size FETCH is sent with live here too
-        self._args: tuple[str, ...] = ()
+        self._pending: list[tuple[str, ...]] = []
+        self.bytes_fetched: dict[int, int] = {}
 
     def _command(self, *args: str) -> str:
         self.sent.append(" ".join(args))
-        self._args = args
-        return "A1"
+        self._pending.append(args)
+        return f"A{len(self._pending)}"
 
     def _command_complete(self, name: str, tag: str) -> tuple[str, list[bytes]]:
         return "OK", [b"FETCH completed"]
 
-    def _untagged_response(self, typ: str, data: Any, name: str) -> tuple[str, list[bytes]]:
-        assert self._args[:2] == ("UID", "FETCH") and self._args[3] == "(RFC822.SIZE)"
-        low = int(self._args[2].split(":")[0])
+    def _untagged_response(self, typ: str, data: Any, name: str) -> tuple[str, list[Any]]:
+        lines: list[Any] = []
         ordered = sorted(self.messages)
-        found = [u for u in ordered if u >= low] or ordered[-1:]  # "n:*" includes the highest UID
-        lines = [f"{ordered.index(u) + 1} (UID {u} RFC822.SIZE {len(self.messages[u])})".encode()
-                 for u in found]
+        for args in self._pending:
+            assert args[:2] == ("UID", "FETCH")
+            if args[2].endswith(":*"):
+                assert args[3] == "(RFC822.SIZE)"
+                low = int(args[2].split(":")[0])
+                found = [u for u in ordered if u >= low] or ordered[-1:]  # "n:*" includes the highest UID
+                lines += [f"{ordered.index(u) + 1} (UID {u} RFC822.SIZE {len(self.messages[u])})".encode()
+                          for u in found]
+            else:  # the next UID's first bytes: UID FETCH n (BODY.PEEK[]<0.N> INTERNALDATE RFC822.SIZE)
+                uid, limit = int(args[2]), int(args[3].split("<0.")[1].split(">")[0])
+                if uid in self.messages:
+                    body = self.messages[uid]
+                    self.bytes_fetched[uid] = self.bytes_fetched.get(uid, 0) + min(limit, len(body))
+                    head = body[:limit]
+                    first = (f"{ordered.index(uid) + 1} (UID {uid} RFC822.SIZE {len(body)} "
+                             f"BODY[]<0> {{{len(head)}}}")
+                    lines += [(first.encode(), head), b")"]
+        self._pending = []
         # An unsolicited flag change (keyed by sequence number, no size) may ride along.
         return typ, lines + [b"1 (FLAGS (\\Seen))"]
 
@@ -96,15 +111,19 @@ def make_mailbox(tmp_path: Path, **imap: Any) -> tuple[Mailbox, list[Any]]:
     return mailbox, handled
 
 
-def test_one_size_fetch_then_bodies_no_search(tmp_path: Path) -> None:
+PREFETCH = "(BODY.PEEK[]<0.65536> INTERNALDATE RFC822.SIZE)"
+
+
+def test_one_new_small_email_takes_one_round_trip(tmp_path: Path) -> None:
+    """No SEARCH; the size FETCH and the next UID's first bytes go out together, and a small
+    email needs nothing more."""
     imap = WireImap({1: message(1), 2: message(2)})
     mailbox, handled = make_mailbox(tmp_path)
     mailbox.sync_checkpoint(imap, {b"UIDVALIDITY": 7, b"UIDNEXT": 2})  # type: ignore[arg-type]
     imap.sent.clear()
     mailbox.catch_up(imap, Notice.now())  # type: ignore[arg-type]
-    assert imap.sent == ["UID FETCH 2:* (RFC822.SIZE)",
-                         "UID FETCH 2 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)"]
-    assert [e.uid for e in handled] == [2]
+    assert imap.sent == ["UID FETCH 2:* (RFC822.SIZE)", f"UID FETCH 2 {PREFETCH}"]
+    assert [(e.uid, e.truncated, e.size) for e in handled] == [(2, False, len(message(2)))]
 
 
 def test_highest_uid_below_n_is_not_handled_again(tmp_path: Path) -> None:
@@ -114,13 +133,44 @@ def test_highest_uid_below_n_is_not_handled_again(tmp_path: Path) -> None:
     mailbox.sync_checkpoint(imap, {b"UIDVALIDITY": 7, b"UIDNEXT": 6})  # type: ignore[arg-type]
     imap.sent.clear()
     mailbox.catch_up(imap, Notice.now())  # type: ignore[arg-type]
-    assert imap.sent == ["UID FETCH 6:* (RFC822.SIZE)"]
+    assert imap.sent == ["UID FETCH 6:* (RFC822.SIZE)", f"UID FETCH 6 {PREFETCH}"]
     assert handled == []
     assert mailbox.checkpoint is not None and mailbox.checkpoint.last_uid == 5
 
 
-def test_oversized_is_fetched_headers_only_and_batches_stay_bounded(tmp_path: Path) -> None:
-    msgs = {uid: message(uid) for uid in range(1, 8)}
+def test_oversized_next_email_is_handed_over_headers_only(tmp_path: Path) -> None:
+    """The prefetch never asks for more than max_message_bytes, and an email it did not get
+    whole is fetched again: headers only when oversized."""
+    imap = WireImap({1: message(1, b"x" * 5000), 2: message(2)})
+    mailbox, handled = make_mailbox(tmp_path, max_message_bytes=1000)
+    mailbox.sync_checkpoint(imap, {b"UIDVALIDITY": 7, b"UIDNEXT": 1})  # type: ignore[arg-type]
+    imap.sent.clear()
+    mailbox.catch_up(imap, Notice.now())  # type: ignore[arg-type]
+    assert imap.sent == [
+        "UID FETCH 1:* (RFC822.SIZE)",
+        "UID FETCH 1 (BODY.PEEK[]<0.1000> INTERNALDATE RFC822.SIZE)",
+        "UID FETCH 2 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",
+        "UID FETCH 1 (BODY.PEEK[HEADER] INTERNALDATE RFC822.SIZE)",
+    ]
+    assert imap.bytes_fetched == {1: 1000}
+    assert [(e.uid, e.truncated) for e in handled] == [(1, True), (2, False)]
+    assert handled[0].size > 5000 and handled[0].subject == "m1"
+
+
+def test_email_of_exactly_the_prefetch_size_is_fetched_again_whole(tmp_path: Path) -> None:
+    """A prefix as long as asked may be cut: only a shorter one counts as the whole email."""
+    raw = message(1)
+    imap = WireImap({1: raw})
+    mailbox, handled = make_mailbox(tmp_path, max_message_bytes=len(raw))
+    mailbox.sync_checkpoint(imap, {b"UIDVALIDITY": 7, b"UIDNEXT": 1})  # type: ignore[arg-type]
+    imap.sent.clear()
+    mailbox.catch_up(imap, Notice.now())  # type: ignore[arg-type]
+    assert imap.sent[2:] == ["UID FETCH 1 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)"]
+    assert [(e.uid, e.truncated) for e in handled] == [(1, False)]
+
+
+def test_many_new_emails_go_in_bounded_batches(tmp_path: Path) -> None:
+    msgs = {uid: message(uid) for uid in range(1, 9)}
     msgs[3] = message(3, b"x" * 5000)
     imap = WireImap(msgs)
     mailbox, handled = make_mailbox(tmp_path, batch_size=3, max_message_bytes=1000)
@@ -129,10 +179,11 @@ def test_oversized_is_fetched_headers_only_and_batches_stay_bounded(tmp_path: Pa
     mailbox.catch_up(imap, Notice.now())  # type: ignore[arg-type]
     assert imap.sent == [
         "UID FETCH 1:* (RFC822.SIZE)",
-        "UID FETCH 1,2 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",
+        "UID FETCH 1 (BODY.PEEK[]<0.1000> INTERNALDATE RFC822.SIZE)",
+        "UID FETCH 2 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",  # 1 came whole with the sizes
         "UID FETCH 3 (BODY.PEEK[HEADER] INTERNALDATE RFC822.SIZE)",
         "UID FETCH 4,5,6 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",
-        "UID FETCH 7 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",
+        "UID FETCH 7,8 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",
     ]
-    assert [e.uid for e in handled] == list(range(1, 8))
+    assert [e.uid for e in handled] == list(range(1, 9))
     assert [e.uid for e in handled if e.truncated] == [3]

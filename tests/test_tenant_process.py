@@ -388,9 +388,14 @@ def test_first_fetch_follows_done_without_waiting_for_its_answer(
         tenant = tenants(spec)
         tenant.wait_state("idle")
         proxy.hold_done_answers(1)
+        fetches_before = len(proxy.fetch_commands)
         dovecot.deliver("alice", make_message("pipelined"))
         assert wait_lines(tmp_path, 1, timeout=4)[0]["subject"] == "pipelined"
         assert proxy.holds_left == 0  # the DONE was held, and the FETCH released its answer
+        # One round trip in all: the email came whole with the sizes, no body FETCH followed.
+        sent = [line.split(b" ", 1)[1] for line in proxy.fetch_commands[fetches_before:]]
+        assert sent == [b"UID FETCH 1:* (RFC822.SIZE)",
+                        b"UID FETCH 1 (BODY.PEEK[]<0.65536> INTERNALDATE RFC822.SIZE)"], sent
         beat = tenant.wait_for(lambda m: m["type"] == "heartbeat" and m["state"] == "idle"
                                and m["counters"]["processed"] == 1)
         assert beat["counters"]["reconnects"] == 0
