@@ -149,7 +149,21 @@ class SqliteStore:
         work, so the email is handed over as redelivered; and the death counts as a failed
         attempt, so an email that kills its process every time is given up like any poison
         email instead of crash-looping the tenant. A done UID is left as it is.
+
+        Almost always the UID has no row yet: one autocommit INSERT then holds the write lock
+        for a single statement (a hundred tenants handling mail at once queue on that lock).
+        Only an existing row takes the read-then-write transaction.
         """
+        try:
+            inserted = self._db.execute(
+                "INSERT INTO ledger VALUES (?, ?, ?, ?, NULL, 'handling', 0, NULL, ?) "
+                "ON CONFLICT (tenant_id, folder, uidvalidity, uid) DO NOTHING",
+                (tenant_id, folder, uidvalidity, uid, time.time()),
+            ).rowcount
+        except sqlite3.Error as exc:
+            raise StoreError(f"checkpoint store write failed: {exc}") from None
+        if inserted == 1:
+            return None, 0
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:

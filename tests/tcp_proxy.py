@@ -30,6 +30,8 @@ class _Link:
         self.cut_armed = False  # a FETCH of a body was sent: count the answer's bytes
         self.cut_after: int | None = None
         self.answer_bytes = 0
+        self.held: list[bytes] | None = None  # server bytes withheld after a client's DONE
+        self.hold_lock = threading.Lock()
 
     def start(self) -> None:
         for source, sink, upward in ((self.client, self.upstream, True), (self.upstream, self.client, False)):
@@ -50,6 +52,9 @@ class _Link:
                     break
                 if upward:
                     self._watch_command(data)
+                    self._release_held(data)
+                elif self._hold(data):
+                    continue
                 elif self.cut_armed and self.cut_after is not None:
                     room = self.cut_after - self.answer_bytes
                     if len(data) >= room:
@@ -70,6 +75,24 @@ class _Link:
         if b"FETCH" in data and b"BODY.PEEK[]" in data and proxy.cuts_left > 0 and not self.cut_armed:
             proxy.cuts_left -= 1
             self.cut_armed, self.cut_after, self.answer_bytes = True, proxy.cut_bytes, 0
+
+    def _release_held(self, data: bytes) -> None:
+        """Arm the hold on DONE; release what was held once the client sends anything more."""
+        with self.hold_lock:
+            if self.held is not None:
+                held, self.held = self.held, None
+                for chunk in held:
+                    self.client.sendall(chunk)
+            if data.endswith(b"DONE\r\n") and self.proxy.holds_left > 0:
+                self.proxy.holds_left -= 1
+                self.held = []
+
+    def _hold(self, data: bytes) -> bool:
+        with self.hold_lock:
+            if self.held is None:
+                return False
+            self.held.append(data)
+            return True
 
     def close(self) -> None:
         if self.closed.is_set():
@@ -92,6 +115,9 @@ class TcpProxy:
         self.cuts_left = 0
         self.cut_bytes = 0
         self.cuts_done = 0
+        # hold_done_answers(n): after each of the next n DONEs, the server's answer is withheld
+        # until the client sends its next command (a client that waits for it never gets it).
+        self.holds_left = 0
         self.fetch_commands: list[bytes] = []  # FETCH command lines from clients (plain text only)
         self._listener = socket.create_server((host, 0))
         self._listener.settimeout(POLL)
@@ -133,6 +159,9 @@ class TcpProxy:
     def cut_fetch_after(self, nbytes: int, times: int = 1) -> None:
         """The next `times` connections that FETCH a body are closed after nbytes of answer."""
         self.cut_bytes, self.cuts_left = nbytes, times
+
+    def hold_done_answers(self, times: int = 1) -> None:
+        self.holds_left = times
 
     def open_links(self) -> int:
         return sum(not link.closed.is_set() for link in self.links)

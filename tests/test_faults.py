@@ -156,11 +156,6 @@ class Crash(BaseException):
 class FakeImap:
     """The parts of IMAPClient the mailbox uses, over an in-memory folder."""
 
-    def __init__(self) -> None:
-        self.uidvalidity = 1000
-        self.messages: dict[int, bytes] = {}
-        self.next_uid = 1
-
     def add(self, kind: str) -> int:
         uid = self.next_uid
         self.next_uid += 1
@@ -178,10 +173,33 @@ class FakeImap:
     def select_info(self) -> dict[bytes, Any]:
         return {b"UIDVALIDITY": self.uidvalidity, b"UIDNEXT": self.next_uid}
 
-    def search(self, criteria: list[str]) -> list[int]:
-        low = int(criteria[1].split(":")[0])
-        found = [u for u in self.messages if u >= low]
-        return found or ([max(self.messages)] if self.messages else [])  # "n:*" semantics
+    normalise_times = True
+
+    def __init__(self) -> None:
+        self.uidvalidity = 1000
+        self.messages: dict[int, bytes] = {}
+        self.next_uid = 1
+        self._imap = _FakeImaplib(self)
+
+    def fetch_lines(self, uid_set: str, items: str) -> list[Any]:
+        """`UID FETCH n:* (RFC822.SIZE)` or `UID FETCH n (BODY.PEEK[]<0.N> ...)` as imaplib
+        hands back the untagged lines."""
+        seqs = {u: i + 1 for i, u in enumerate(sorted(self.messages))}
+        if uid_set.endswith(":*"):
+            low = int(uid_set.split(":")[0])
+            found = [u for u in sorted(self.messages) if u >= low]
+            found = found or ([max(self.messages)] if self.messages else [])  # "n:*" semantics
+            return [f"{seqs[u]} (UID {u} RFC822.SIZE {len(self.messages[u])})".encode() for u in found]
+        uid, limit = int(uid_set), int(items.split("<0.")[1].split(">")[0])
+        if uid not in self.messages:
+            return []
+        body = self.messages[uid]
+        head = body[:limit]
+        return [(f"{seqs[uid]} (UID {uid} RFC822.SIZE {len(body)} BODY[]<0> {{{len(head)}}}".encode(), head),
+                b")"]
+
+    def _checkok(self, command: str, typ: str, data: Any) -> None:
+        assert typ == "OK"
 
     def fetch(self, uids: list[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
         out = {}
@@ -191,6 +209,27 @@ class FakeImap:
                 out[uid] = {b"RFC822.SIZE": len(body), b"BODY[]": body,
                             b"INTERNALDATE": datetime.now(timezone.utc)}
         return out
+
+
+class _FakeImaplib:
+    """The imaplib halves the mailbox sends its pipelined FETCHes with."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+        self.pending: list[tuple[str, ...]] = []
+
+    def _command(self, *args: str) -> str:
+        assert args[:2] == ("UID", "FETCH"), args
+        self.pending.append(args)
+        return f"A{len(self.pending)}"
+
+    def _command_complete(self, name: str, tag: str) -> tuple[str, list[bytes]]:
+        return "OK", [b"done"]
+
+    def _untagged_response(self, typ: str, data: Any, name: str) -> tuple[str, list[Any]]:
+        lines = [line for args in self.pending for line in self.owner.fetch_lines(args[2], args[3])]
+        self.pending = []
+        return typ, lines
 
 
 class PropertyWorld:

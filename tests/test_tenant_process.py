@@ -1,6 +1,7 @@
 """The tenant process against a real Dovecot: fork run_tenant, talk to it over the pipe."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -17,6 +18,7 @@ from ipc import protocol
 from tenant_proc.main import run_tenant
 from tenant_proc.spec import HandlerSpec, ImapSettings, Secret, StateSpec, TenantSpec
 from tests.dovecot import Dovecot, make_message
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -369,3 +371,32 @@ def test_stop_is_bounded_by_shutdown_timeout_even_in_a_hung_handler(
     tenant.proc.join(WAIT)
     assert tenant.proc.exitcode == protocol.EXIT_OK
     assert time.monotonic() - started < 2.5
+
+
+def test_first_fetch_follows_done_without_waiting_for_its_answer(
+    dovecot: Dovecot, tmp_path: Path, tenants: Any
+) -> None:
+    """Reaction path: DONE and the size FETCH go out back to back (one round trip less).
+
+    The proxy withholds the server's answer to the next DONE until the client sends more: a
+    client that waited for that answer would hit command_timeout and reconnect instead.
+    """
+    with TcpProxy((dovecot.host, dovecot.imap_port)) as proxy:
+        spec = dataclasses.replace(
+            make_spec(dovecot, tmp_path, security="plain", command_timeout=5), port=proxy.port
+        )
+        tenant = tenants(spec)
+        tenant.wait_state("idle")
+        proxy.hold_done_answers(1)
+        fetches_before = len(proxy.fetch_commands)
+        dovecot.deliver("alice", make_message("pipelined"))
+        assert wait_lines(tmp_path, 1, timeout=4)[0]["subject"] == "pipelined"
+        assert proxy.holds_left == 0  # the DONE was held, and the FETCH released its answer
+        # One round trip in all: the email came whole with the sizes, no body FETCH followed.
+        sent = [line.split(b" ", 1)[1] for line in proxy.fetch_commands[fetches_before:]]
+        assert sent == [b"UID FETCH 1:* (RFC822.SIZE)",
+                        b"UID FETCH 1 (BODY.PEEK[]<0.65536> INTERNALDATE RFC822.SIZE)"], sent
+        beat = tenant.wait_for(lambda m: m["type"] == "heartbeat" and m["state"] == "idle"
+                               and m["counters"]["processed"] == 1)
+        assert beat["counters"]["reconnects"] == 0
+        assert tenant.stop() == protocol.EXIT_OK
