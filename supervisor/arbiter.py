@@ -441,13 +441,14 @@ class Arbiter(TenantReconciler):
                 self._kill_hung(record, now, f"no heartbeat for {timeout:.0f}s: killed as hung")
 
     def _probe_quiet(self, record: TenantRecord, now: float, timeout: float) -> str | None:
-        """A quiet tenant's /proc check, every timeout/2 once it has been silent that long;
-        a reason counts only after timeout of silence, as a missing heartbeat would."""
+        """A quiet tenant's /proc check: first after timeout/2 of silence, then every timeout;
+        a reason counts only after timeout of silence, as a missing heartbeat would. So a
+        stopped or spinning tenant is killed 1-1.5 x timeout after its last beat."""
         silence = record.silence(now) or 0.0
         if silence < timeout / 2:
             record.next_probe_at = now + timeout / 2 - silence
             return None
-        record.next_probe_at = now + timeout / 2
+        record.next_probe_at = now + timeout
         current = liveness.sample(record.handle.process.pid, now)
         reason = liveness.why_not_asleep(record.last_probe, current)
         record.last_probe = current

@@ -41,8 +41,9 @@ class SupervisorSettings:
     heartbeat_timeout: float = 30.0  # no heartbeat this long: terminate, then kill
     # A tenant idling (or between polls) with nothing new beats this often instead; meanwhile
     # the supervisor checks in /proc that it is asleep, not stopped or spinning. 1,000 tenants
-    # beating every 5 s were most of an idle supervisor's CPU (bench/idle_cost.py).
-    idle_heartbeat_interval: float = 120.0
+    # beating every 5 s were most of an idle supervisor's CPU (bench/idle_cost.py). Above
+    # Dovecot's 2-minute keepalive, so idle beats ride on it (Control._beat_while_awake).
+    idle_heartbeat_interval: float = 150.0
     tenant_refresh: float = 300.0
     shutdown_timeout: float = 10.0
     failed_backoff: float = 900.0  # auth/config failures, restart-intensity trips

@@ -107,6 +107,15 @@ class Control:
         if time.monotonic() >= self._next_heartbeat:
             self.heartbeat()
 
+    def _beat_while_awake(self) -> None:
+        """Woken by the server while quiet (Dovecot's "* OK Still here" every 2 minutes): beat
+        now if half the idle interval has passed, instead of waking again for the timer. With
+        idle_heartbeat_interval (150 s) above the server's keepalive period, an idle tenant's
+        beats ride on the keepalives and its own timer never fires."""
+        if self.state in QUIET_STATES and (
+                time.monotonic() >= self._next_heartbeat - self.idle_heartbeat_interval / 2):
+            self.heartbeat()
+
     def server_spoke(self) -> None:
         self.last_server_byte = time.monotonic()
 
@@ -140,6 +149,7 @@ class Control:
             if self._wake_r.fileno() in readable:
                 self._drain_wakeup()
             if any(fd in readable for fd in extra):
+                self._beat_while_awake()
                 self.check()
                 return True
 

@@ -113,7 +113,7 @@ class TenantSpec:
     handler: HandlerSpec = HandlerSpec()
     state: StateSpec = StateSpec()
     heartbeat_interval: float = 5.0
-    idle_heartbeat_interval: float = 120.0  # while waiting on the server with nothing new
+    idle_heartbeat_interval: float = 150.0  # while waiting on the server with nothing new
     shutdown_timeout: float = 10.0
     base_dir: str = "."  # directory of the config file: relative handler paths resolve here
     # [cluster]: the fencing token of this company's lease, sent with every state write so the

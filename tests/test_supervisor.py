@@ -105,7 +105,7 @@ def test_crashed_child_restarts_after_backoff_and_loses_nothing(dovecot, tmp_pat
 
 
 @pytest.mark.parametrize("idle_heartbeat_interval, detected_by", [
-    (60, "silent for 2s and it is stopped"),  # quiet idle tenant: caught by the /proc check
+    (60, "and it is stopped: killed as hung"),  # quiet idle tenant: caught by the /proc check
     (0.3, "no heartbeat for 2s"),  # idle tenants beat as often as busy ones: the missing beat
 ])
 def test_hung_child_is_killed_and_restarted(dovecot, tmp_path, idle_heartbeat_interval, detected_by):
