@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import select
+import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Pipe
 
@@ -77,6 +78,10 @@ def fork_tenant(spec: TenantSpec) -> ChildHandle:
     # it has exited, however it died.
     sentinel_r, sentinel_w = os.pipe()
     parent_pid = os.getpid()
+    # As multiprocessing does: text still buffered here would be written again by the child.
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
     try:
         pid = os.fork()
     except OSError:
