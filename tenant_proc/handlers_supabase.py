@@ -17,6 +17,13 @@ from typing import Any
 from tenant_proc.handler_loader import HandlerContext
 from tenant_proc.message import Email
 
+try:
+    # Imported with this module, which the supervisor resolves before it forks: every tenant
+    # then shares supabase-py's pages instead of importing its own copy (several MB each).
+    import tenant_proc.supabase_client  # noqa: F401
+except ImportError:  # not installed: SupabaseInsert reports it at load, as one clear line
+    pass
+
 CONFLICT_KEY = "tenant_id,folder,uidvalidity,uid"
 
 

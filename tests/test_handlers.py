@@ -130,3 +130,16 @@ def test_title_cut_at_character_boundary() -> None:
     assert len(cut_utf8("日本語の会社名です")) == 5
     assert cut_utf8("Acme") == "Acme"
     assert format_title("Acme AB", "idle") == "Acme AB [idle] idle-supervisor"
+
+
+def test_resolving_supabase_insert_preloads_supabase_for_the_children():
+    """The supervisor resolves the handler before forking; supabase-py must come with it, or
+    every tenant process would import (and own) its own copy."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tenant_proc.handler_loader import resolve_target; "
+            "resolve_target('tenant_proc.handlers:supabase_insert'); "
+            "print('supabase' in sys.modules, 'httpx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
