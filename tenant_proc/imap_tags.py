@@ -3,9 +3,10 @@
 imaplib draws a random tag prefix per connection and compiles a regex for it. In a freshly
 forked tenant process that compile runs the whole `re` compiler: about a millisecond of CPU per
 login and dozens of the parent's shared code pages copied into the child (its unique memory),
-repeated for 1,000 tenants at start. Tags only have to be unique within one connection (RFC
-9051 2.2.1), so every session here uses the same prefix, and this module, imported by the
-parent before it forks, leaves the matching regex in `re`'s cache for all children.
+repeated for 1,000 tenants at start. A tag only has to differ from the other commands of its
+own connection (RFC 3501 2.2.1), so every session here uses the same prefix, and this module,
+imported by the parent before it forks, leaves the matching regex in `re`'s cache for all
+children.
 """
 from __future__ import annotations
 

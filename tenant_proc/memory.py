@@ -3,7 +3,7 @@
 glibc keeps freed memory in its heap for reuse; a tenant that handled a burst of mail and then
 idles for hours would hold those pages (its unique memory, USS) all that time. malloc_trim(0)
 returns every whole free page. Called when a tenant goes back to waiting after work, not on a
-timer: it costs a walk of the heap (well under a millisecond here).
+timer: each call walks the whole heap.
 """
 from __future__ import annotations
 
