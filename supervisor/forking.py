@@ -8,12 +8,12 @@ statuses.
 from __future__ import annotations
 
 import os
-import select
 import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Pipe
 
 from supervisor.childproc import child_entry
+from tenant_proc.control import readable_fds
 from tenant_proc.spec import TenantSpec
 
 
@@ -50,9 +50,7 @@ class TenantProcess:
     def join(self, timeout: float) -> None:
         """Wait up to timeout for the exit (the sentinel reads EOF), then reap."""
         if self.exitcode is None and self._sentinel_open:
-            poller = select.poll()
-            poller.register(self.sentinel, select.POLLIN)
-            poller.poll(max(timeout, 0.0) * 1000)
+            readable_fds([self.sentinel], timeout)
         self.is_alive()
 
     def close(self) -> None:
