@@ -3,12 +3,12 @@ parent before the fork (tenant_proc/imap_tags.py), on a real Dovecot TLS session
 from __future__ import annotations
 
 import imaplib
-import os
 import re
 import sys
 from pathlib import Path
 
 from tenant_proc.connect import login, open_client  # must bring imap_tags in by itself
+from tests.forked import run_in_fresh_process
 from tests.test_tenant_process import make_spec
 
 imap_tags = sys.modules.get("tenant_proc.imap_tags")
@@ -18,34 +18,24 @@ def test_a_forked_tenant_logs_in_without_compiling_a_regex(dovecot, tmp_path: Pa
     assert imap_tags is not None, "tenant_proc.connect does not import imap_tags"
     dovecot.add_user("alice", "alice-pw")
     spec = make_spec(dovecot, tmp_path, user="alice")
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # as a tenant process: forked after the imports, compiles counted
-        code = 1
-        try:
-            compiles = []
-            real_compile = re._compiler.compile  # type: ignore[attr-defined]
 
-            def counting_compile(*args, **kwargs):
-                compiles.append(args[0])
-                return real_compile(*args, **kwargs)
+    def log_in_counting_compiles() -> str:  # as a tenant process: forked after the imports
+        compiles = []
+        real_compile = re._compiler.compile  # type: ignore[attr-defined]
 
-            re._compiler.compile = counting_compile  # type: ignore[attr-defined]
-            client = open_client(spec)
-            login(client, spec)
-            client.select_folder("INBOX")
-            tagpre = client._imap.tagpre
-            client.logout()
-            os.write(write_end, f"{len(compiles)} {tagpre.decode()}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    report = os.read(read_end, 1000).decode()
-    os.close(read_end)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    count, tagpre = report.split()
+        def counting_compile(*args, **kwargs):
+            compiles.append(args[0])
+            return real_compile(*args, **kwargs)
+
+        re._compiler.compile = counting_compile  # type: ignore[attr-defined]
+        client = open_client(spec)
+        login(client, spec)
+        client.select_folder("INBOX")
+        tagpre = client._imap.tagpre
+        client.logout()
+        return f"{len(compiles)} {tagpre.decode()}"
+
+    count, tagpre = run_in_fresh_process(log_in_counting_compiles).split()
     assert tagpre == imaplib.Int2AP(imap_tags.TAG_NUMBER).decode()
     assert count == "0", "a login in a fresh tenant process compiled a regex"
 

@@ -101,14 +101,21 @@ def message(uid: int, body: bytes = b"hello") -> bytes:
     return f"Subject: m{uid}\r\nMessage-ID: <{uid}@t>\r\n\r\n".encode() + body
 
 
-def make_mailbox(tmp_path: Path, **imap: Any) -> tuple[Mailbox, list[Any]]:
+def catch_up_once(tmp_path: Path, messages: dict[int, bytes], uidnext: int,
+                  **imap: Any) -> tuple[WireImap, Mailbox, list[Any]]:
+    """A mailbox whose checkpoint stands just below uidnext catches up once on these messages;
+    imap.sent holds the commands of that catch-up only."""
     spec = TenantSpec(id="t", name="T", host="h", port=993, security="tls", username="u",
                       password=Secret("x"), imap=ImapSettings(**imap),
                       state=StateSpec(state_dir=str(tmp_path)))
     handled: list[Any] = []
     store = SqliteStore(tmp_path / "checkpoints.sqlite3")
     mailbox = Mailbox(spec, store, handled.append, _Control(), _Log())  # type: ignore[arg-type]
-    return mailbox, handled
+    wire = WireImap(messages)
+    mailbox.sync_checkpoint(wire, {b"UIDVALIDITY": 7, b"UIDNEXT": uidnext})  # type: ignore[arg-type]
+    wire.sent.clear()
+    mailbox.catch_up(wire, Notice.now())  # type: ignore[arg-type]
+    return wire, mailbox, handled
 
 
 PREFETCH = "(BODY.PEEK[]<0.65536> INTERNALDATE RFC822.SIZE)"
@@ -117,22 +124,14 @@ PREFETCH = "(BODY.PEEK[]<0.65536> INTERNALDATE RFC822.SIZE)"
 def test_one_new_small_email_takes_one_round_trip(tmp_path: Path) -> None:
     """No SEARCH; the size FETCH and the next UID's first bytes go out together, and a small
     email needs nothing more."""
-    imap = WireImap({1: message(1), 2: message(2)})
-    mailbox, handled = make_mailbox(tmp_path)
-    mailbox.sync_checkpoint(imap, {b"UIDVALIDITY": 7, b"UIDNEXT": 2})  # type: ignore[arg-type]
-    imap.sent.clear()
-    mailbox.catch_up(imap, Notice.now())  # type: ignore[arg-type]
+    imap, mailbox, handled = catch_up_once(tmp_path, {1: message(1), 2: message(2)}, 2)
     assert imap.sent == ["UID FETCH 2:* (RFC822.SIZE)", f"UID FETCH 2 {PREFETCH}"]
     assert [(e.uid, e.truncated, e.size) for e in handled] == [(2, False, len(message(2)))]
 
 
 def test_highest_uid_below_n_is_not_handled_again(tmp_path: Path) -> None:
     """`UID FETCH 6:*` on a mailbox whose highest UID is 5 answers with UID 5: not new mail."""
-    imap = WireImap({4: message(4), 5: message(5)})
-    mailbox, handled = make_mailbox(tmp_path)
-    mailbox.sync_checkpoint(imap, {b"UIDVALIDITY": 7, b"UIDNEXT": 6})  # type: ignore[arg-type]
-    imap.sent.clear()
-    mailbox.catch_up(imap, Notice.now())  # type: ignore[arg-type]
+    imap, mailbox, handled = catch_up_once(tmp_path, {4: message(4), 5: message(5)}, 6)
     assert imap.sent == ["UID FETCH 6:* (RFC822.SIZE)", f"UID FETCH 6 {PREFETCH}"]
     assert handled == []
     assert mailbox.checkpoint is not None and mailbox.checkpoint.last_uid == 5
@@ -141,11 +140,8 @@ def test_highest_uid_below_n_is_not_handled_again(tmp_path: Path) -> None:
 def test_oversized_next_email_is_handed_over_headers_only(tmp_path: Path) -> None:
     """The prefetch never asks for more than max_message_bytes, and an email it did not get
     whole is fetched again: headers only when oversized."""
-    imap = WireImap({1: message(1, b"x" * 5000), 2: message(2)})
-    mailbox, handled = make_mailbox(tmp_path, max_message_bytes=1000)
-    mailbox.sync_checkpoint(imap, {b"UIDVALIDITY": 7, b"UIDNEXT": 1})  # type: ignore[arg-type]
-    imap.sent.clear()
-    mailbox.catch_up(imap, Notice.now())  # type: ignore[arg-type]
+    imap, mailbox, handled = catch_up_once(tmp_path, {1: message(1, b"x" * 5000), 2: message(2)}, 1,
+                                           max_message_bytes=1000)
     assert imap.sent == [
         "UID FETCH 1:* (RFC822.SIZE)",
         "UID FETCH 1 (BODY.PEEK[]<0.1000> INTERNALDATE RFC822.SIZE)",
@@ -160,11 +156,7 @@ def test_oversized_next_email_is_handed_over_headers_only(tmp_path: Path) -> Non
 def test_email_of_exactly_the_prefetch_size_is_fetched_again_whole(tmp_path: Path) -> None:
     """A prefix as long as asked may be cut: only a shorter one counts as the whole email."""
     raw = message(1)
-    imap = WireImap({1: raw})
-    mailbox, handled = make_mailbox(tmp_path, max_message_bytes=len(raw))
-    mailbox.sync_checkpoint(imap, {b"UIDVALIDITY": 7, b"UIDNEXT": 1})  # type: ignore[arg-type]
-    imap.sent.clear()
-    mailbox.catch_up(imap, Notice.now())  # type: ignore[arg-type]
+    imap, mailbox, handled = catch_up_once(tmp_path, {1: raw}, 1, max_message_bytes=len(raw))
     assert imap.sent[2:] == ["UID FETCH 1 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)"]
     assert [(e.uid, e.truncated) for e in handled] == [(1, False)]
 
@@ -172,11 +164,7 @@ def test_email_of_exactly_the_prefetch_size_is_fetched_again_whole(tmp_path: Pat
 def test_many_new_emails_go_in_bounded_batches(tmp_path: Path) -> None:
     msgs = {uid: message(uid) for uid in range(1, 9)}
     msgs[3] = message(3, b"x" * 5000)
-    imap = WireImap(msgs)
-    mailbox, handled = make_mailbox(tmp_path, batch_size=3, max_message_bytes=1000)
-    mailbox.sync_checkpoint(imap, {b"UIDVALIDITY": 7, b"UIDNEXT": 1})  # type: ignore[arg-type]
-    imap.sent.clear()
-    mailbox.catch_up(imap, Notice.now())  # type: ignore[arg-type]
+    imap, mailbox, handled = catch_up_once(tmp_path, msgs, 1, batch_size=3, max_message_bytes=1000)
     assert imap.sent == [
         "UID FETCH 1:* (RFC822.SIZE)",
         "UID FETCH 1 (BODY.PEEK[]<0.1000> INTERNALDATE RFC822.SIZE)",

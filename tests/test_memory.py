@@ -1,9 +1,8 @@
 """return_free_memory() gives a process's freed heap back to the kernel (its USS drops)."""
 from __future__ import annotations
 
-import os
-
 from tenant_proc.memory import return_free_memory
+from tests.forked import run_in_fresh_process
 
 
 def _private_kib() -> int:
@@ -15,7 +14,7 @@ def _private_kib() -> int:
     return total
 
 
-def _freed_heap_is_returned() -> tuple[int, int, bool]:
+def _freed_heap_is_returned() -> str:
     # 20 MB in 4 KiB chunks: malloc'ed from the heap (not mmap), like TLS and SQLite buffers.
     chunks = [bytearray(4096) for _ in range(5000)]
     pinned = bytearray(4096)  # allocated last: the free space below it cannot be trimmed off the top
@@ -24,24 +23,12 @@ def _freed_heap_is_returned() -> tuple[int, int, bool]:
     returned = return_free_memory()
     after = _private_kib()
     del pinned
-    return before, after, returned
+    return f"{before} {after} {int(returned)}"
 
 
 def test_freed_heap_pages_stop_counting_as_the_process_own():
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # a fresh process, like a tenant: the test process's heap is not ours to judge
-        code = 1
-        try:
-            before, after, returned = _freed_heap_is_returned()
-            os.write(write_end, f"{before} {after} {int(returned)}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    report = os.read(read_end, 100).decode()
-    os.close(read_end)
-    os.waitpid(pid, 0)
+    # A fresh process, like a tenant: the test process's heap is not ours to judge.
+    report = run_in_fresh_process(_freed_heap_is_returned)
     before, after, returned = (int(v) for v in report.split())
     assert returned == 1
     assert before - after > 15 * 1024, (before, after)  # most of the 20 MB is given back
