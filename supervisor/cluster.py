@@ -25,7 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Mapping
 
-from supervisor.config import ClusterSettings, TenantLoad
+from supervisor.config import ClusterSettings
+from supervisor.tenant_rows import TenantLoad
 from tenant_proc.spec import Secret
 
 log = logging.getLogger("supervisor.cluster")

@@ -14,23 +14,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from supervisor.config_env import CONFIG_ENV, env_overrides, resolve_config_path  # noqa: F401 (re-exported)
+from supervisor.errors import ConfigError
 from tenant_proc.spec import (
     BACKFILL_MODES,
-    SECURITY_MODES,
     HandlerSpec,
     ImapSettings,
     Secret,
     StateSpec,
-    TenantSpec,
 )
-
-CONFIG_ENV = "IDLE_SUPERVISOR_CONFIG"
-TENANT_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-
-
-class ConfigError(Exception):
-    """The whole config is unusable; the message is one clear line, never a secret."""
-
 
 @dataclass(frozen=True)
 class SupervisorSettings:
@@ -85,58 +77,6 @@ class Config:
     metrics: MetricsSettings = MetricsSettings()
     cluster: ClusterSettings = ClusterSettings()
     raw_tenants: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)
-
-
-@dataclass(frozen=True)
-class TenantLoad:
-    """Result of turning tenant rows into specs: good specs and per-tenant errors."""
-
-    specs: dict[str, TenantSpec]
-    errors: dict[str, tuple[str, str]]  # id -> (name, reason)
-
-
-ENV_PREFIX = "IDLE_SUPERVISOR_"
-ENV_SECTIONS = ("supervisor", "imap", "handler", "tenants", "state", "metrics", "cluster")
-# IDLE_SUPERVISOR_* variables that are CLI defaults, not config keys.
-_ENV_NOT_CONFIG = {"IDLE_SUPERVISOR_CONFIG", "IDLE_SUPERVISOR_LOG_LEVEL", "IDLE_SUPERVISOR_LOG_FORMAT"}
-
-
-def resolve_config_path(cli_path: str | None, environ: Mapping[str, str] | None = None) -> Path | None:
-    """The config file, or None when the environment alone configures us (Railway)."""
-    environ = os.environ if environ is None else environ
-    path = cli_path or environ.get(CONFIG_ENV)
-    if path:
-        return Path(path)
-    if environ.get("SUPABASE_URL") or _env_overrides(environ):
-        return None
-    raise ConfigError(f"no config: pass --config PATH, set {CONFIG_ENV}, or configure through "
-                      f"{ENV_PREFIX}<SECTION>_<KEY> and SUPABASE_URL environment variables")
-
-
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """IDLE_SUPERVISOR_IMAP_POLL_INTERVAL=30 -> {"imap": {"poll_interval": 30}}.
-
-    Values are read as TOML values when they parse as one (numbers, booleans, arrays),
-    else taken as plain strings, so `..._HANDLER_PATH=/data/emails.jsonl` needs no quotes.
-    """
-    tables: dict[str, dict[str, Any]] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_CONFIG:
-            continue
-        rest = name[len(ENV_PREFIX):].lower()
-        section, _, key = rest.partition("_")
-        if section not in ENV_SECTIONS or not key:
-            raise ConfigError(f"environment variable {name}: expected {ENV_PREFIX}<SECTION>_<KEY> "
-                              f"with SECTION one of {', '.join(s.upper() for s in ENV_SECTIONS)}")
-        tables.setdefault(section, {})[key] = _env_value(raw)
-    return tables
-
-
-def _env_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -253,7 +193,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     environ = os.environ if environ is None else environ
     data = _read_toml(path) if path is not None else {}
     base_dir = path.resolve().parent if path is not None else Path.cwd()
-    for section, values in _env_overrides(environ).items():
+    for section, values in env_overrides(environ).items():
         table = data.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}] must be a table")
@@ -364,107 +304,3 @@ def _raw_file_tenants(data: dict[str, Any], tenants: TenantSourceSettings, base_
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ConfigError("[[tenant]] entries must be tables")
     return rows
-
-
-def build_tenant_specs(
-    config: Config, rows: list[Mapping[str, Any]] | tuple[Mapping[str, Any], ...],
-    environ: Mapping[str, str] | None = None,
-) -> TenantLoad:
-    """Turn tenant rows (from the file or from Supabase) into specs, isolating bad rows."""
-    environ = os.environ if environ is None else environ
-    specs: dict[str, TenantSpec] = {}
-    errors: dict[str, tuple[str, str]] = {}
-    for index, row in enumerate(rows):
-        raw_id = row.get("id")
-        label = str(raw_id) if raw_id not in (None, "") else f"#{index + 1}"
-        name = str(row.get("name") or label)
-        try:
-            spec = tenant_spec_from_row(config, row, environ)
-        except ConfigError as exc:
-            errors[label] = (name, str(exc))
-            continue
-        if spec.id in specs or spec.id in errors:
-            errors[spec.id] = (name, f"duplicate tenant id {spec.id!r}")
-            specs.pop(spec.id, None)
-            continue
-        specs[spec.id] = spec
-    return TenantLoad(specs=specs, errors=errors)
-
-
-_TENANT_KEYS = {
-    "id", "name", "host", "port", "security", "username", "password", "password_env",
-    "folder", "ca_file", "allow_insecure",
-}
-
-
-def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mapping[str, str]) -> TenantSpec:
-    unknown = set(row) - _TENANT_KEYS
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(sorted(unknown))}")
-    tenant_id = _required_str(row, "id")
-    if not set(tenant_id) <= TENANT_ID_CHARS:
-        raise ConfigError("id may only use letters, digits, '-', '_' and '.'")
-    host = _required_str(row, "host")
-    username = _required_str(row, "username")
-    security = row.get("security", "tls")
-    if security not in SECURITY_MODES:
-        raise ConfigError(f"security must be one of {', '.join(SECURITY_MODES)}")
-    port = row.get("port", 993 if security == "tls" else 143)
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise ConfigError("port must be a number from 1 to 65535")
-    password = _password(row, environ)
-    ca_file = row.get("ca_file")
-    if ca_file is not None:
-        if not isinstance(ca_file, str):
-            raise ConfigError("ca_file must be a path")
-        ca_path = Path(ca_file)
-        if not ca_path.is_absolute():
-            ca_path = Path(config.base_dir) / ca_path
-        if not ca_path.is_file():
-            raise ConfigError(f"ca_file {ca_path} does not exist")
-        ca_file = str(ca_path)
-    folder = row.get("folder") or "INBOX"
-    if not isinstance(folder, str):
-        raise ConfigError("folder must be a string")
-    allow_insecure = bool(row.get("allow_insecure", False))
-    return TenantSpec(
-        id=tenant_id,
-        name=str(row.get("name") or tenant_id),
-        host=host,
-        port=port,
-        security=security,
-        username=username,
-        password=password,
-        folder=folder,
-        ca_file=ca_file,
-        allow_insecure=allow_insecure,
-        imap=config.imap,
-        handler=config.handler,
-        state=config.state,
-        heartbeat_interval=config.supervisor.heartbeat_interval,
-        idle_heartbeat_interval=config.supervisor.idle_heartbeat_interval,
-        shutdown_timeout=config.supervisor.shutdown_timeout,
-        base_dir=config.base_dir,
-    )
-
-
-def _required_str(row: Mapping[str, Any], key: str) -> str:
-    value = row.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"missing or empty field {key!r}")
-    return value.strip()
-
-
-def _password(row: Mapping[str, Any], environ: Mapping[str, str]) -> Secret:
-    if "password_env" in row:
-        var = row["password_env"]
-        if not isinstance(var, str) or not var:
-            raise ConfigError("password_env must name an environment variable")
-        value = environ.get(var)
-        if value is None:
-            raise ConfigError(f"password environment variable {var} is not set")
-        return Secret(value)
-    value = row.get("password")
-    if not isinstance(value, str) or value == "":
-        raise ConfigError("needs password_env (or password)")
-    return Secret(value)

@@ -5,7 +5,8 @@ entry are validated the same way and feed the same reload diff.
 """
 from __future__ import annotations
 
-from supervisor.config import Config, TenantLoad, build_tenant_specs
+from supervisor.config import Config
+from supervisor.tenant_rows import TenantLoad, build_tenant_specs
 
 
 class SourceError(Exception):

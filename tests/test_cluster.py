@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisor.cluster import Cluster, Member, fair_targets, hysteresis, plan_balance
-from supervisor.config import ClusterSettings, ConfigError, TenantLoad, load_config
+from supervisor.config import ClusterSettings, ConfigError, load_config
+from supervisor.tenant_rows import TenantLoad
 from tenant_proc.spec import Secret, TenantSpec
 from tenant_proc.store_api import Checkpoint, LeaseLost
 from tenant_proc.store_supabase import SupabaseStore

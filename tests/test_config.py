@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config import ConfigError, build_tenant_specs, load_config
+from supervisor.config import ConfigError, load_config
+from supervisor.tenant_rows import build_tenant_specs
 
 GOOD = """
 [supervisor]

@@ -14,7 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from supervisor.config import build_tenant_specs, load_config
+from supervisor.config import load_config
+from supervisor.tenant_rows import build_tenant_specs
 from supervisor.sources import SourceError
 from tenant_proc.handler_loader import resolve_target
 from tenant_proc.message import Email

@@ -335,7 +335,8 @@ def test_forget_keeps_socket_for_parent_only(listener: Listener, monkeypatch: py
 # --- the example files ------------------------------------------------------------------------
 
 def test_example_config_fits_the_unit() -> None:
-    from supervisor.config import build_tenant_specs, load_config
+    from supervisor.config import load_config
+    from supervisor.tenant_rows import build_tenant_specs
 
     config = load_config(ROOT / "systemd" / "config.toml.example")
     unit = _unit_settings()

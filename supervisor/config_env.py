@@ -1,0 +1,60 @@
+"""Configuration from the environment: IDLE_SUPERVISOR_<SECTION>_<KEY> overrides, and where the
+config file is (or that there is none: Railway and containers configure everything this way).
+
+Kept apart from config.py, which turns tables into settings: this module only decides which
+tables the environment adds, and how a variable's text becomes a value.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from supervisor.errors import ConfigError
+
+CONFIG_ENV = "IDLE_SUPERVISOR_CONFIG"
+ENV_PREFIX = "IDLE_SUPERVISOR_"
+ENV_SECTIONS = ("supervisor", "imap", "handler", "tenants", "state", "metrics", "cluster")
+# IDLE_SUPERVISOR_* variables that are CLI defaults, not config keys.
+_ENV_NOT_CONFIG = {"IDLE_SUPERVISOR_CONFIG", "IDLE_SUPERVISOR_LOG_LEVEL", "IDLE_SUPERVISOR_LOG_FORMAT"}
+
+
+def resolve_config_path(cli_path: str | None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The config file, or None when the environment alone configures us (Railway)."""
+    environ = os.environ if environ is None else environ
+    path = cli_path or environ.get(CONFIG_ENV)
+    if path:
+        return Path(path)
+    if environ.get("SUPABASE_URL") or env_overrides(environ):
+        return None
+    raise ConfigError(f"no config: pass --config PATH, set {CONFIG_ENV}, or configure through "
+                      f"{ENV_PREFIX}<SECTION>_<KEY> and SUPABASE_URL environment variables")
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """IDLE_SUPERVISOR_IMAP_POLL_INTERVAL=30 -> {"imap": {"poll_interval": 30}}.
+
+    Values are read as TOML values when they parse as one (numbers, booleans, arrays),
+    else taken as plain strings, so `..._HANDLER_PATH=/data/emails.jsonl` needs no quotes.
+    """
+    tables: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_CONFIG:
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section not in ENV_SECTIONS or not key:
+            raise ConfigError(f"environment variable {name}: expected {ENV_PREFIX}<SECTION>_<KEY> "
+                              f"with SECTION one of {', '.join(s.upper() for s in ENV_SECTIONS)}")
+        tables.setdefault(section, {})[key] = _env_value(raw)
+    return tables
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+

@@ -1,0 +1,132 @@
+"""Tenant rows (a [[tenant]] table of the config file, or a Supabase companies row) -> TenantSpec.
+
+Both tenant sources end here, so a company row and a file entry are validated the same way and
+feed the same reload diff. A bad row becomes a per-tenant error: that one tenant is shown as
+failed with the reason, every other tenant runs.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from supervisor.errors import ConfigError
+from tenant_proc.spec import SECURITY_MODES, Secret, TenantSpec
+
+if TYPE_CHECKING:
+    from supervisor.config import Config
+
+TENANT_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+@dataclass(frozen=True)
+class TenantLoad:
+    """Result of turning tenant rows into specs: good specs and per-tenant errors."""
+
+    specs: dict[str, TenantSpec]
+    errors: dict[str, tuple[str, str]]  # id -> (name, reason)
+
+
+def build_tenant_specs(
+    config: Config, rows: list[Mapping[str, Any]] | tuple[Mapping[str, Any], ...],
+    environ: Mapping[str, str] | None = None,
+) -> TenantLoad:
+    """Turn tenant rows (from the file or from Supabase) into specs, isolating bad rows."""
+    environ = os.environ if environ is None else environ
+    specs: dict[str, TenantSpec] = {}
+    errors: dict[str, tuple[str, str]] = {}
+    for index, row in enumerate(rows):
+        raw_id = row.get("id")
+        label = str(raw_id) if raw_id not in (None, "") else f"#{index + 1}"
+        name = str(row.get("name") or label)
+        try:
+            spec = tenant_spec_from_row(config, row, environ)
+        except ConfigError as exc:
+            errors[label] = (name, str(exc))
+            continue
+        if spec.id in specs or spec.id in errors:
+            errors[spec.id] = (name, f"duplicate tenant id {spec.id!r}")
+            specs.pop(spec.id, None)
+            continue
+        specs[spec.id] = spec
+    return TenantLoad(specs=specs, errors=errors)
+
+
+_TENANT_KEYS = {
+    "id", "name", "host", "port", "security", "username", "password", "password_env",
+    "folder", "ca_file", "allow_insecure",
+}
+
+
+def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mapping[str, str]) -> TenantSpec:
+    unknown = set(row) - _TENANT_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(sorted(unknown))}")
+    tenant_id = _required_str(row, "id")
+    if not set(tenant_id) <= TENANT_ID_CHARS:
+        raise ConfigError("id may only use letters, digits, '-', '_' and '.'")
+    host = _required_str(row, "host")
+    username = _required_str(row, "username")
+    security = row.get("security", "tls")
+    if security not in SECURITY_MODES:
+        raise ConfigError(f"security must be one of {', '.join(SECURITY_MODES)}")
+    port = row.get("port", 993 if security == "tls" else 143)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError("port must be a number from 1 to 65535")
+    password = _password(row, environ)
+    ca_file = row.get("ca_file")
+    if ca_file is not None:
+        if not isinstance(ca_file, str):
+            raise ConfigError("ca_file must be a path")
+        ca_path = Path(ca_file)
+        if not ca_path.is_absolute():
+            ca_path = Path(config.base_dir) / ca_path
+        if not ca_path.is_file():
+            raise ConfigError(f"ca_file {ca_path} does not exist")
+        ca_file = str(ca_path)
+    folder = row.get("folder") or "INBOX"
+    if not isinstance(folder, str):
+        raise ConfigError("folder must be a string")
+    allow_insecure = bool(row.get("allow_insecure", False))
+    return TenantSpec(
+        id=tenant_id,
+        name=str(row.get("name") or tenant_id),
+        host=host,
+        port=port,
+        security=security,
+        username=username,
+        password=password,
+        folder=folder,
+        ca_file=ca_file,
+        allow_insecure=allow_insecure,
+        imap=config.imap,
+        handler=config.handler,
+        state=config.state,
+        heartbeat_interval=config.supervisor.heartbeat_interval,
+        idle_heartbeat_interval=config.supervisor.idle_heartbeat_interval,
+        shutdown_timeout=config.supervisor.shutdown_timeout,
+        base_dir=config.base_dir,
+    )
+
+
+def _required_str(row: Mapping[str, Any], key: str) -> str:
+    value = row.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"missing or empty field {key!r}")
+    return value.strip()
+
+
+def _password(row: Mapping[str, Any], environ: Mapping[str, str]) -> Secret:
+    if "password_env" in row:
+        var = row["password_env"]
+        if not isinstance(var, str) or not var:
+            raise ConfigError("password_env must name an environment variable")
+        value = environ.get(var)
+        if value is None:
+            raise ConfigError(f"password environment variable {var} is not set")
+        return Secret(value)
+    value = row.get("password")
+    if not isinstance(value, str) or value == "":
+        raise ConfigError("needs password_env (or password)")
+    return Secret(value)
