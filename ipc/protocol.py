@@ -12,6 +12,8 @@ Child -> parent
   fatal      {"type", "kind": "auth" | "config", "reason"}   (just before exiting EXIT_*)
 Parent -> child
   stop       {"type"}
+  replay     {"type"}   (after SIGHUP: look in the ledger for emails an operator marked with
+                         `idle-supervisor retry`, and hand them over again)
 
 Counters are plain ints: processed, failed, reconnects, logins.
 
@@ -43,7 +45,7 @@ NO_FAST_RETRY_EXITS = frozenset({EXIT_CONFIG, EXIT_AUTH})
 CHILD_STATES = ("starting", "connecting", "idle", "polling", "processing", "backoff")
 MODES = ("idle", "poll")
 
-MESSAGE_TYPES = frozenset({"hello", "heartbeat", "processed", "fatal", "stop"})
+MESSAGE_TYPES = frozenset({"hello", "heartbeat", "processed", "fatal", "stop", "replay"})
 
 
 class ProtocolError(ValueError):
@@ -136,3 +138,7 @@ def fatal(kind: str, reason: str) -> dict[str, Any]:
 
 def stop() -> dict[str, Any]:
     return {"type": "stop"}
+
+
+def replay() -> dict[str, Any]:
+    return {"type": "replay"}

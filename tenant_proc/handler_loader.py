@@ -22,6 +22,9 @@ class HandlerContext:
     tenant: dict[str, Any]  # spec.public_info(): no secrets
     base_dir: str = "."
     extra: dict[str, Any] = field(default_factory=dict)  # room for handlers' own per-process state
+    # Call it while waiting on something slow (a retry pause, a long command): it sends the
+    # supervisor a heartbeat when one is due, so slow but healthy work is not killed as hung.
+    keepalive: Callable[[], None] = field(default=lambda: None)
 
 
 def resolve_target(target: str) -> Any:
@@ -69,12 +72,15 @@ class LoadedHandler:
             close()
 
 
-def load_handler(spec: TenantSpec, logger: logging.LoggerAdapter) -> LoadedHandler:
+def load_handler(
+    spec: TenantSpec, logger: logging.LoggerAdapter, keepalive: Callable[[], None] | None = None
+) -> LoadedHandler:
     """Resolve the target; a class is instantiated once per process with the options."""
     target = resolve_target(spec.handler.target)
     options = spec.handler.options_dict()
     context = HandlerContext(
-        options=options, logger=logger, tenant=spec.public_info(), base_dir=spec.base_dir
+        options=options, logger=logger, tenant=spec.public_info(), base_dir=spec.base_dir,
+        keepalive=keepalive or (lambda: None),
     )
     if not inspect.isclass(target):
         return LoadedHandler(target, context)

@@ -55,7 +55,7 @@ def _run(spec: TenantSpec, conn: Connection, parent_pid: int, log: logging.Logge
     control.heartbeat()
 
     try:
-        handler = load_handler(spec, log)
+        handler = load_handler(spec, log, keepalive=control.heartbeat_if_due)
     except HandlerError as exc:
         return _fatal(control, log, "config", str(exc))
     store = open_store(spec)
