@@ -31,6 +31,26 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {description}")
 
 
+# --- Supervisor logs on failure ---
+# A test that fails after its supervisor stopped leaves only an assertion; the supervisor's own
+# log (kept in the test's tmp dir, deleted after a CI run) says why. Attach its tail.
+SUPERVISOR_LOG_TAIL = 6000
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    from tests.supervisor_run import SupervisorRun
+
+    if call.when == "setup":
+        SupervisorRun.created.clear()
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.when in ("call", "teardown"):
+        for index, run in enumerate(SupervisorRun.created):
+            report.sections.append((f"supervisor log #{index + 1} ({run.log_path})",
+                                    run.log_text()[-SUPERVISOR_LOG_TAIL:]))
+
+
 # --- Dovecot fixtures ---
 # Users every fixture instance knows; add more per test with dovecot.add_user().
 DEFAULT_USERS = {"alice": "alice-pw", "bob": "bob-pw"}

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import psutil
 
@@ -53,7 +53,13 @@ class SupervisorRun:
     command_prefix: list[str] = field(default_factory=list)  # e.g. unshare: run it as PID 1
     proc: subprocess.Popen[bytes] | None = None
 
+    # Every run made during the current test: conftest attaches their logs to a failure report,
+    # so a failed assertion in CI shows what the supervisor said (a flaky restart is otherwise
+    # unexplainable once the test's tmp dir is gone).
+    created: ClassVar[list["SupervisorRun"]] = []
+
     def __post_init__(self) -> None:
+        SupervisorRun.created.append(self)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "config.toml"
         self.state_dir = self.workdir / "state"
