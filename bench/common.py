@@ -154,11 +154,18 @@ class Bench:
 
 
 def target(name: str, value: float, unit: str, limit: float, baseline: Any, ok: bool | None = None,
-           note: str = "", higher_is_better: bool = False) -> dict[str, Any]:
+           note: str = "", higher_is_better: bool = False,
+           baseline_value: float | None = None) -> dict[str, Any]:
+    """One row of RESULTS.md. baseline_value: the baseline as a number in the same unit, for
+    the ratio column (value / baseline), the figure a noisy shared machine keeps honest."""
     if ok is None:
         ok = value >= limit if higher_is_better else value < limit
-    return {"target": name, "value": value, "unit": unit, "limit": limit, "baseline": baseline,
-            "pass": bool(ok), "note": note}
+    row = {"target": name, "value": value, "unit": unit, "limit": limit, "baseline": baseline,
+           "pass": bool(ok), "note": note}
+    if baseline_value:
+        row["baseline_value"] = baseline_value
+        row["ratio"] = round(value / baseline_value, 2)
+    return row
 
 
 # ---- the supervisor's children, seen from outside ---------------------------------------------

@@ -4,8 +4,7 @@
 Overhead = handler called minus the moment the tenant read the server's EXISTS (email.detected_at,
 set by the tenant right after reading it). Full = handler called minus the start of the APPEND.
 Baseline (same run): one bare imapclient IDLE loop in one process, no supervisor, doing the same
-DONE + UID SEARCH + FETCH + parse after each EXISTS. Polling: tenants on a server address that
-hides IDLE, quick mode with a short poll_interval (expected value: interval / 2 + the overhead).
+DONE + UID SEARCH + FETCH + parse after each EXISTS. Polling tenants: bench/polling.py.
 """
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ import time
 
 from common import Bench, bare_connect, median, password, pct, target, user, wait_all
 from tests.dovecot import make_message
-from tests.supervisor_run import TenantEntry
 
 
 def appender(dc, i: int) -> imaplib.IMAP4:
@@ -117,21 +115,16 @@ def main() -> None:
         n = 100
         rounds = 3 if b.quick else 10
         base_rounds = 6 if b.quick else 40
-        n_poll = 20
-        poll_interval = 4 if b.quick else 60
         b.limit(120 if b.quick else 400)
-        dc = b.dovecot(n + n_poll + 1)
+        dc = b.dovecot(n + 1)
 
         b.log(f"baseline: bare IDLE loop, {base_rounds} emails")
-        base_over, base_full = bare_baseline(dc, n + n_poll, base_rounds)
+        base_over, base_full = bare_baseline(dc, n, base_rounds)
 
         stamps = b.workdir / "stamps.jsonl"
-        polls = [TenantEntry(id=f"p{i:04d}", name=f"Poller {i:04d}", user=user(i), password=password(i),
-                             host="127.0.0.2") for i in range(n, n + n_poll)]
-        sup = b.supervisor(dc, n, imap={"poll_interval": poll_interval}, extra=polls,
-                           handler={"target": "bench.handlers:stamp", "path": str(stamps)})
+        sup = b.supervisor(dc, n, handler={"target": "bench.handlers:stamp", "path": str(stamps)})
         sup.start(wait_running=False)
-        wait_all(sup, n + n_poll, ("idle", "polling"), timeout=90)
+        wait_all(sup, n, ("idle",), timeout=90)
         time.sleep(1)
         conns = [(i, appender(dc, i)) for i in range(n)]
         over, full = [], []
@@ -159,15 +152,6 @@ def main() -> None:
             time.sleep(0.05)
         for _, imap in conns:
             imap.logout()
-
-        b.log(f"polling: {n_poll} tenants, poll_interval {poll_interval}s")
-        before = len(read_stamps(stamps))
-        pconns = [(i, appender(dc, i)) for i in range(n, n + n_poll)]
-        started = append_all(pconns, "poll")
-        got = wait_stamps(stamps, before + n_poll, poll_interval * 1.5 + 10)[before:]
-        poll_full = [s["called_at"] - started[int(s["tenant_id"][1:])] for s in got]
-        for _, imap in pconns:
-            imap.logout()
         sup.stop(timeout=30)
 
         ms = lambda xs: round(1000 * xs, 1)  # noqa: E731
@@ -181,11 +165,6 @@ def main() -> None:
             "baseline_overhead_ms": {"median": ms(median(base_over)), "p99": ms(pct(base_over, 99)),
                                      "n": len(base_over)},
             "baseline_append_to_handler_ms": {"median": ms(median(base_full))},
-            "poll": {"interval_s": poll_interval, "tenants": n_poll,
-                     "append_to_handler_s": {"median": round(median(poll_full), 2),
-                                             "max": round(max(poll_full), 2)},
-                     "expected_median_s": round(poll_interval / 2, 2),
-                     "expected_at_60s": "median 30 s, max 60 s (uniform phase)"},
         }, [target(f"reaction overhead, EXISTS read -> handler called, median ({n} tenants at once)",
                    ms(med), "ms", 10.0, f"{ms(median(base_over))} ms (bare loop, 1 mailbox)"),
             target("reaction overhead p99", ms(p99), "ms", 50.0, f"{ms(pct(base_over, 99))} ms (bare)"),
@@ -195,10 +174,7 @@ def main() -> None:
                    f"{ms(pct(base_over, 99))} ms (bare)"),
             target("APPEND -> handler called, median (info)", ms(median(full)), "ms", float("inf"),
                    f"{ms(median(base_full))} ms (bare)", ok=True,
-                   note="Dovecot delays IDLE notifications by 0.5 s"),
-            target(f"polling every {poll_interval}s: APPEND -> handler, median (info)",
-                   round(median(poll_full), 2), "s", float("inf"),
-                   f"expected {poll_interval / 2:.1f} s; at 60 s: 30 s median, 60 s max", ok=True)])
+                   note="Dovecot delays IDLE notifications by 0.5 s")])
 
 
 if __name__ == "__main__":

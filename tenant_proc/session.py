@@ -129,7 +129,11 @@ class Session:
     def _poll_loop(self) -> None:
         assert self.client is not None
         interval = self.spec.imap.poll_interval
-        next_poll = time.monotonic() + interval
+        # Each tenant polls in a phase of its own: tenants started together (a supervisor
+        # start, a server outage) would otherwise poll in the same second forever, one storm
+        # for the server and the same delay for every mailbox. The catch-up after connecting
+        # has just looked, so the first poll may come at any point of the interval.
+        next_poll = first_poll_at(time.monotonic(), interval)
         while True:
             self.control.set_state("polling", mode="poll")
             wake = min(next_poll, self.mailbox.retry_at or next_poll)
@@ -139,7 +143,7 @@ class Session:
                 continue
             self.client.noop()
             self._catch_up(Notice.now())
-            next_poll = time.monotonic() + interval
+            next_poll = next_poll_at(next_poll, time.monotonic(), interval)
 
     def _idle_loop(self) -> None:
         while True:
@@ -331,6 +335,18 @@ def reconnect_delay(backoff: float, exc: BaseException, rng: random.Random | Non
     if asked is not None and asked >= backoff:
         return asked * rng.uniform(1.0, 1.2)
     return backoff * rng.uniform(0.8, 1.2)
+
+
+def first_poll_at(now: float, interval: float, rng: random.Random | None = None) -> float:
+    """A random phase inside the interval (uniform), so pollers started together spread out."""
+    return now + (rng or random).uniform(0.0, interval)
+
+
+def next_poll_at(previous: float, now: float, interval: float) -> float:
+    """Keep the phase (a fixed rate from the first poll); after a poll that took longer than
+    the interval, wait a whole interval from now instead of polling back to back."""
+    due = previous + interval
+    return due if due > now else now + interval
 
 
 def _short_error(exc: BaseException) -> str:
