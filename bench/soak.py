@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Soak: 200 tenants for 30 minutes (--quick: 5) with mail arriving throughout.
+
+About 2 emails/s in total go to random mailboxes (IMAP APPEND on the plain port); every minute
+one random user's sessions are ended with `doveadm kick` (the tenant reconnects in-process) and
+every 100 s one random tenant process is SIGKILLed (the supervisor restarts it after its
+backoff). Every 15 s: each tenant process's USS and open fds, the parent's RSS and open fds.
+At the end every sent Message-ID must have been handled exactly once (jsonl handler).
+Targets: per-tenant USS growth <= 0.3 MB (a process compared with itself, first sample after
+warm-up -> last), parent RSS growth <= 5 MB, fds of the parent and of each child constant,
+zero lost, zero duplicated. Baseline: each process's own first sample. A PNG of USS and fds
+over time lands next to RESULTS.md when matplotlib is installed (bench/requirements.txt).
+"""
+from __future__ import annotations
+
+import imaplib
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+
+from common import Bench, child_pids, median, password, pct, target, user, wait_all
+from tests.dovecot import make_message
+
+MB = 2**20
+SAMPLE_EVERY = 15.0
+WARMUP = 60.0  # first samples of a process are taken after this (imports, first mail, TLS)
+RATE = 2.0  # emails per second, all tenants together
+KICK_EVERY = 60.0
+CRASH_EVERY = 100.0
+HERE = Path(__file__).resolve().parent
+
+
+def fd_count(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+class Mailer(threading.Thread):
+    """APPENDs at RATE per second to random mailboxes until stopped; records what it sent."""
+
+    def __init__(self, dc, n: int, rng: random.Random) -> None:
+        super().__init__(daemon=True)
+        self.dc, self.n, self.rng = dc, n, rng
+        self.sent: list[str] = []
+        self.errors = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        conns: dict[int, imaplib.IMAP4] = {}
+        next_at = time.monotonic()
+        while not self.stop_event.is_set():
+            i = self.rng.randrange(self.n)
+            msgid = f"<soak-{len(self.sent)}-{i}@bench.example>"
+            try:
+                if i not in conns:
+                    conns[i] = imaplib.IMAP4(self.dc.host, self.dc.imap_port, timeout=30)
+                    conns[i].login(user(i), password(i))
+                typ, _ = conns[i].append("INBOX", None, None,
+                                         make_message(f"soak {len(self.sent)}", message_id=msgid))
+                if typ == "OK":
+                    self.sent.append(msgid)
+                else:
+                    self.errors += 1
+            except (OSError, imaplib.IMAP4.error):
+                self.errors += 1
+                conns.pop(i, None)
+            next_at += 1.0 / RATE
+            self.stop_event.wait(max(0.0, next_at - time.monotonic()))
+        for conn in conns.values():
+            try:
+                conn.logout()
+            except (OSError, imaplib.IMAP4.error):
+                pass
+
+
+def sample(sup_pid: int) -> dict:
+    parent = psutil.Process(sup_pid)
+    children = {}
+    for pid in child_pids(sup_pid):
+        try:
+            uss = psutil.Process(pid).memory_full_info().uss / MB
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        fds = fd_count(pid)
+        if fds is not None:
+            children[pid] = (uss, fds)
+    return {"t": time.monotonic(), "parent_rss": parent.memory_info().rss / MB,
+            "parent_fds": fd_count(sup_pid), "children": children}
+
+
+def growth(samples: list[dict], start: float) -> tuple[list[float], list[int]]:
+    """Per process (pid), USS and fd change from its first sample at or after start to its last."""
+    first: dict[int, tuple[float, int]] = {}
+    last: dict[int, tuple[float, int]] = {}
+    for s in samples:
+        if s["t"] < start:
+            continue
+        for pid, value in s["children"].items():
+            first.setdefault(pid, value)
+            last[pid] = value
+    pids = [p for p in first if p in last and last[p] is not first[p]]
+    return [last[p][0] - first[p][0] for p in pids], [last[p][1] - first[p][1] for p in pids]
+
+
+def plot(samples: list[dict], path: Path) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: pip install -r bench/requirements.txt"
+    t0 = samples[0]["t"]
+    minutes = [(s["t"] - t0) / 60 for s in samples]
+    uss = [[v[0] for v in s["children"].values()] for s in samples]
+    fds = [[v[1] for v in s["children"].values()] for s in samples]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    ax1.plot(minutes, [median(u) for u in uss], label="tenant USS, median")
+    ax1.plot(minutes, [pct(u, 95) for u in uss], label="tenant USS, p95")
+    ax1.set_ylabel("MB")
+    ax1b = ax1.twinx()
+    ax1b.plot(minutes, [s["parent_rss"] for s in samples], "k--", label="parent RSS")
+    ax1b.set_ylabel("parent RSS, MB")
+    ax1.legend(loc="upper left")
+    ax1b.legend(loc="upper right")
+    ax2.plot(minutes, [median(f) for f in fds], label="tenant fds, median")
+    ax2.plot(minutes, [max(f) if f else 0 for f in fds], label="tenant fds, max")
+    ax2.plot(minutes, [s["parent_fds"] for s in samples], label="parent fds")
+    ax2.set_xlabel("minutes")
+    ax2.set_ylabel("open fds")
+    ax2.legend()
+    fig.suptitle(f"soak: {len(samples[-1]['children'])} tenants")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    return f"plot: {path.name}"
+
+
+def main() -> None:
+    with Bench("soak", __doc__) as b:
+        n = 200
+        duration = 300.0 if b.quick else 1800.0
+        b.limit(duration + 300)
+        rng = random.Random(14)
+        dc = b.dovecot(n)
+        sup = b.supervisor(dc, n, handler={"target": "tenant_proc.handlers:jsonl",
+                                           "path": str(b.workdir / "sup" / "emails.jsonl")})
+        sup.start(wait_running=False)
+        wait_all(sup, n, ("idle",), timeout=180)
+        assert sup.proc is not None
+        b.log(f"{n} tenants idle; soaking for {duration:.0f}s")
+        mailer = Mailer(dc, n, rng)
+        mailer.start()
+        started = time.monotonic()
+        next_kick, next_crash = started + KICK_EVERY, started + CRASH_EVERY
+        samples: list[dict] = []
+        kicks = crashes = 0
+        while time.monotonic() - started < duration:
+            samples.append(sample(sup.proc.pid))
+            now = time.monotonic()
+            if now >= next_kick:
+                dc.kick(user(rng.randrange(n)))
+                kicks += 1
+                next_kick += KICK_EVERY
+            if now >= next_crash:
+                pids = child_pids(sup.proc.pid)
+                if pids:
+                    os.kill(rng.choice(pids), signal.SIGKILL)
+                    crashes += 1
+                next_crash += CRASH_EVERY
+            time.sleep(max(0.0, SAMPLE_EVERY - (time.monotonic() - now)))
+        mailer.stop_event.set()
+        mailer.join(30)
+        b.log(f"sent {len(mailer.sent)} emails; waiting for the last ones (restart backoff 60 s)")
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            handled = Counter(e["message_id"] for e in sup.emails())
+            if all(m in handled for m in mailer.sent):
+                break
+            time.sleep(1)
+        samples.append(sample(sup.proc.pid))
+        exit_code = sup.stop(timeout=60)
+
+        handled = Counter(e["message_id"] for e in sup.emails())
+        lost = [m for m in mailer.sent if m not in handled]
+        duplicated = [m for m, c in handled.items() if c > 1]
+        uss_growth, fd_growth = growth(samples, started + WARMUP)
+        rss_growth = samples[-1]["parent_rss"] - next(s for s in samples if s["t"] >= started + WARMUP)["parent_rss"]
+        # The parent holds two fds per live child (its pipe end and the exit sentinel): what is
+        # left over must not change while children crash, restart and reconnect.
+        parent_fds = [s["parent_fds"] - 2 * len(s["children"]) for s in samples
+                      if s["t"] >= started + WARMUP]
+        note = plot(samples, HERE / "soak.png")
+        worst_uss = max(uss_growth) if uss_growth else float("nan")
+        b.emit({
+            "tenants": n, "duration_s": duration, "sent": len(mailer.sent), "send_errors": mailer.errors,
+            "kicks": kicks, "crashes": crashes, "lost": len(lost), "duplicated": len(duplicated),
+            "uss_growth_mb": {"median": round(median(uss_growth), 3),
+                              "p95": round(pct(uss_growth, 95), 3), "max": round(worst_uss, 3),
+                              "processes": len(uss_growth)},
+            "parent_rss_growth_mb": round(rss_growth, 2),
+            "child_fd_changes": dict(Counter(fd_growth)),
+            "parent_fixed_fds": {"min": min(parent_fds), "max": max(parent_fds)},
+            "supervisor_exit_code": exit_code,
+        }, [target(f"soak {duration / 60:.0f} min, {n} tenants: USS growth per tenant process (p95)",
+                   round(pct(uss_growth, 95), 3), "MB", 0.3, "0 (each process's own first sample)",
+                   ok=pct(uss_growth, 95) <= 0.3, note=f"max {worst_uss:.3f} MB; {note}"),
+            target("soak: parent RSS growth", round(rss_growth, 2), "MB", 5.0, "0 (first sample)",
+                   ok=rss_growth <= 5.0),
+            target("soak: open fds constant (children changed / parent range)",
+                   sum(1 for g in fd_growth if g != 0), "processes", 1, "0",
+                   ok=not any(fd_growth) and min(parent_fds) == max(parent_fds),
+                   note=f"parent, less 2 per live child: {min(parent_fds)}..{max(parent_fds)}"),
+            target("soak: emails lost / duplicated", len(lost) + len(duplicated), "emails", 1,
+                   f"{len(mailer.sent)} sent, {kicks} kicks, {crashes} crashes",
+                   ok=not lost and not duplicated)])
+
+
+if __name__ == "__main__":
+    main()
