@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from supervisor.config import Config, ConfigError, load_config, resolve_config_path
 from supervisor.logsetup import setup_logging
 from supervisor.pidfile import AlreadyRunning, read_pid
+from tenant_proc.deps import MissingDependency
 
 EXIT_USAGE = 2
 PROG = "idle-supervisor"
@@ -29,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args))
-    except (ConfigError, AlreadyRunning) as exc:
+    except (ConfigError, AlreadyRunning, MissingDependency) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
