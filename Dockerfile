@@ -18,7 +18,7 @@ COPY . /src
 RUN python3 -m venv /opt/idle-supervisor \
  && /opt/idle-supervisor/bin/pip install /src \
  && rm -rf /src \
- && useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin idle \
+ && useradd --no-create-home --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin idle \
  && install -d -o idle -g idle -m 0700 /data
 
 # Not root: the supervisor needs no privilege (it only connects out and writes its state).
