@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     def with_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", "-c", help="config TOML (default: $IDLE_SUPERVISOR_CONFIG)")
+        p.add_argument("--config", "-c",
+                       help="config TOML (default: $IDLE_SUPERVISOR_CONFIG; with neither, "
+                            "IDLE_SUPERVISOR_<SECTION>_<KEY> and SUPABASE_* variables configure "
+                            "everything, as on Railway or in a container)")
 
     run = sub.add_parser("run", help="run the supervisor in the foreground")
     with_config(run)
