@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 HEARTBEAT_INTERVAL_SHARE = 1 / 6
 CONNECT_TIMEOUT_SHARE = 2 / 3
 COMMAND_TIMEOUT_SHARE = 5 / 6
-SOCKET_TIMEOUTS = ("connect_timeout", "command_timeout")
-_SOCKET_SHARES = {"connect_timeout": CONNECT_TIMEOUT_SHARE, "command_timeout": COMMAND_TIMEOUT_SHARE}
+SOCKET_TIMEOUT_SHARES = {"connect_timeout": CONNECT_TIMEOUT_SHARE,
+                         "command_timeout": COMMAND_TIMEOUT_SHARE}
 
 
 def derive_timeouts(supervisor: SupervisorSettings, imap: ImapSettings,
@@ -39,7 +39,7 @@ def derive_timeouts(supervisor: SupervisorSettings, imap: ImapSettings,
     - connect_timeout / command_timeout unset: min(default, 2/3 resp. 5/6 of heartbeat_timeout).
     """
     defaults = type(supervisor)()
-    user_socket = {k: getattr(imap, k) for k in SOCKET_TIMEOUTS if k in imap_keys}
+    user_socket = {k: getattr(imap, k) for k in SOCKET_TIMEOUT_SHARES if k in imap_keys}
     if "heartbeat_timeout" not in supervisor_keys and user_socket:
         slowest = max(user_socket.values())
         if slowest >= supervisor.heartbeat_timeout:
@@ -52,7 +52,7 @@ def derive_timeouts(supervisor: SupervisorSettings, imap: ImapSettings,
             defaults.heartbeat_interval, heartbeat_timeout * HEARTBEAT_INTERVAL_SHARE))
 
     derived = {k: min(getattr(ImapSettings(), k), heartbeat_timeout * share)
-               for k, share in _SOCKET_SHARES.items() if k not in imap_keys}
+               for k, share in SOCKET_TIMEOUT_SHARES.items() if k not in imap_keys}
     imap = replace(imap, **derived)
     for key, value in user_socket.items():
         if value >= heartbeat_timeout:
