@@ -184,7 +184,7 @@ def test_railway_deploy_with_env_only_config(railway_app, dovecot, pg_db, postgr
             proc.wait(10)
     text = log_path.read_text(errors="replace")
     assert "Traceback" not in text and TEST_SERVICE_KEY not in text
-    assert "logged out" in text or "LOGOUT" in text or "stopped (exit code 0)" in text
+    assert "[Acme AB] logged out" in text and "[Beta AB] logged out" in text, text[-3000:]
 
 
 def test_metrics_without_prometheus_client_is_one_line_and_exit_2(railway_app, tmp_path):
