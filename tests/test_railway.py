@@ -94,9 +94,13 @@ def add_company(db, dovecot, cid: str) -> None:
                (cid, f"{cid.title()} AB", dovecot.imaps_port, cid, f"{cid}-pw"))
 
 
-def wait_until(predicate, timeout: float, what: str, log: Path | None = None):
+def wait_until(predicate, timeout: float, what: str, log: Path | None = None,
+               proc: subprocess.Popen | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the deployment exited ({proc.returncode}) waiting for {what}"
+                                 + (f"\n{log.read_text(errors='replace')[-3000:]}" if log else ""))
         value = predicate()
         if value:
             return value
@@ -144,7 +148,7 @@ def test_railway_deploy_with_env_only_config(railway_app, dovecot, pg_db, postgr
     try:
         status = wait_until(lambda: (s := read_status(status_path)) and set(s["tenants"]) == {"acme", "beta"}
                             and all(t.get("state") == "idle" for t in s["tenants"].values()) and s,
-                            60, "both companies idle", log_path)
+                            60, "both companies idle", log_path, proc)
         (supervisor,) = psutil.Process(proc.pid).children()
         assert ns_pid(supervisor.pid) == "1" and "idle-supervisor" in " ".join(supervisor.cmdline())
         tenants = [p.pid for p in supervisor.children()]
