@@ -10,7 +10,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PIP_TIMEOUT = 900  # a fresh install of supabase-py and its tree on a busy 2-core machine
@@ -52,3 +54,27 @@ def builder_env(**extra: str) -> dict[str, str]:
            "LANG": "C.UTF-8"}
     env.update(extra)
     return env
+
+
+def add_company(db: Any, dovecot: Any, cid: str) -> None:
+    """A Dovecot user and its companies row (name "<Cid> AB", TLS on the imaps port)."""
+    dovecot.add_user(cid, f"{cid}-pw")
+    db.execute("INSERT INTO companies (id, name, imap_host, imap_port, imap_security, "
+               "imap_username, imap_password) VALUES (%s, %s, '127.0.0.1', %s, 'tls', %s, %s)",
+               (cid, f"{cid.title()} AB", dovecot.imaps_port, cid, f"{cid}-pw"))
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               logs: Callable[[], str] = lambda: "",
+               proc: subprocess.Popen | None = None) -> Any:
+    """predicate()'s first truthy value within timeout; fails at once if proc has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the deployment exited ({proc.returncode}) waiting for {what}\n"
+                                 f"{logs()[-3000:]}")
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs()[-3000:]}")

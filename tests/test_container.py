@@ -22,11 +22,10 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.deploy_build import PIP_TIMEOUT, REPO_ROOT, clean_copy
+from tests.deploy_build import PIP_TIMEOUT, REPO_ROOT, add_company, clean_copy, wait_until
 from tests.dovecot import make_message
 from tests.postgrest_server import TEST_SERVICE_KEY
 
@@ -77,23 +76,6 @@ def image_healthcheck(tag: str) -> list[str]:
     return json.loads(podman("image", "inspect", tag).stdout)[0]["Healthcheck"]["Test"]
 
 
-def add_company(db, dovecot, cid: str) -> None:
-    dovecot.add_user(cid, f"{cid}-pw")
-    db.execute("INSERT INTO companies (id, name, imap_host, imap_port, imap_security, "
-               "imap_username, imap_password) VALUES (%s, %s, '127.0.0.1', %s, 'tls', %s, %s)",
-               (cid, f"{cid.title()} AB", dovecot.imaps_port, cid, f"{cid}-pw"))
-
-
-def wait_until(predicate, timeout: float, what: str, logs=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs()[-3000:]}")
-
-
 def test_image_metadata_is_what_the_platforms_need(image):
     config = image_config(image)
     assert config["User"] == "idle"  # not root
@@ -114,7 +96,11 @@ def test_container_runs_with_an_env_file_and_stops_cleanly(image, dovecot, pg_db
     ca = f"{dovecot.ca_file}:/certs/ca.pem:ro"
     health = image_healthcheck(image)
     assert health[0] == "CMD"
-    logs = lambda: podman("logs", name, check=False).stdout + podman("logs", name, check=False).stderr  # noqa: E731
+
+    def logs() -> str:
+        shown = podman("logs", name, check=False)
+        return shown.stdout + shown.stderr
+
     podman("volume", "create", volume)
     try:
         # Loopback servers: the container shares the host's network (127.0.0.1 only is used).

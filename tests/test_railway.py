@@ -25,7 +25,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.deploy_build import PIP_TIMEOUT, base_python, builder_env, clean_copy
+from tests.deploy_build import (PIP_TIMEOUT, add_company, base_python, builder_env, clean_copy,
+                                wait_until)
 from tests.dovecot import make_message
 from tests.postgrest_server import TEST_SERVICE_KEY
 from tests.supervisor_run import SupervisorRun, TenantEntry
@@ -87,28 +88,6 @@ def deploy_env(**extra: str) -> dict[str, str]:
     return builder_env(PATH=DEPLOY_PATH, **RAILPACK_RUNTIME_ENV, **extra)
 
 
-def add_company(db, dovecot, cid: str) -> None:
-    dovecot.add_user(cid, f"{cid}-pw")
-    db.execute("INSERT INTO companies (id, name, imap_host, imap_port, imap_security, "
-               "imap_username, imap_password) VALUES (%s, %s, '127.0.0.1', %s, 'tls', %s, %s)",
-               (cid, f"{cid.title()} AB", dovecot.imaps_port, cid, f"{cid}-pw"))
-
-
-def wait_until(predicate, timeout: float, what: str, log: Path | None = None,
-               proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the deployment exited ({proc.returncode}) waiting for {what}"
-                                 + (f"\n{log.read_text(errors='replace')[-3000:]}" if log else ""))
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
-                         + (f"\n{log.read_text(errors='replace')[-3000:]}" if log else ""))
-
-
 def read_status(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -141,6 +120,7 @@ def test_railway_deploy_with_env_only_config(railway_app, dovecot, pg_db, postgr
     env = deploy_env(SUPABASE_URL=postgrest.url, SUPABASE_SERVICE_ROLE_KEY=TEST_SERVICE_KEY,
                      SSL_CERT_FILE=str(dovecot.ca_file))
     log_path = tmp_path / "deploy.log"
+    logs = lambda: log_path.read_text(errors="replace")  # noqa: E731
     status_path = railway_app.src / "state" / "status.json"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(railway_app.in_app(argv, pid_namespace=True), env=env,
@@ -148,7 +128,7 @@ def test_railway_deploy_with_env_only_config(railway_app, dovecot, pg_db, postgr
     try:
         status = wait_until(lambda: (s := read_status(status_path)) and set(s["tenants"]) == {"acme", "beta"}
                             and all(t.get("state") == "idle" for t in s["tenants"].values()) and s,
-                            60, "both companies idle", log_path, proc)
+                            60, "both companies idle", logs, proc)
         (supervisor,) = psutil.Process(proc.pid).children()
         assert ns_pid(supervisor.pid) == "1" and "idle-supervisor" in " ".join(supervisor.cmdline())
         tenants = [p.pid for p in supervisor.children()]
@@ -169,9 +149,9 @@ def test_railway_deploy_with_env_only_config(railway_app, dovecot, pg_db, postgr
         dovecot.deliver("acme", make_message("for acme"))
         dovecot.deliver("beta", make_message("for beta"))
         wait_until(lambda: pg_db.execute("SELECT tenant_id, subject FROM emails ORDER BY tenant_id")
-                   == [("acme", "for acme"), ("beta", "for beta")], 30, "emails stored", log_path)
+                   == [("acme", "for acme"), ("beta", "for beta")], 30, "emails stored", logs)
         wait_until(lambda: pg_db.execute("SELECT count(*) FROM processed_emails WHERE "
-                                         "status = 'processed'") == [(2,)], 30, "ledger", log_path)
+                                         "status = 'processed'") == [(2,)], 30, "ledger", logs)
         assert dovecot.who() == ["acme", "beta"]
 
         started = time.monotonic()
