@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from supervisor.config import Config, ConfigError, load_config, resolve_config_path
 from supervisor.logsetup import setup_logging
 from supervisor.pidfile import AlreadyRunning, read_pid
+from tenant_proc.deps import MissingDependency
 
 EXIT_USAGE = 2
 PROG = "idle-supervisor"
@@ -29,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args))
-    except (ConfigError, AlreadyRunning) as exc:
+    except (ConfigError, AlreadyRunning, MissingDependency) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -41,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     def with_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", "-c", help="config TOML (default: $IDLE_SUPERVISOR_CONFIG)")
+        p.add_argument("--config", "-c",
+                       help="config TOML (default: $IDLE_SUPERVISOR_CONFIG; with neither, "
+                            "IDLE_SUPERVISOR_<SECTION>_<KEY> and SUPABASE_* variables configure "
+                            "everything, as on Railway or in a container)")
 
     run = sub.add_parser("run", help="run the supervisor in the foreground")
     with_config(run)

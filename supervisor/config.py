@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from supervisor.config_env import CONFIG_ENV, env_overrides, resolve_config_path  # noqa: F401 (re-exported)
+from supervisor.config_timeouts import derive_timeouts
 from supervisor.errors import ConfigError
 from tenant_proc.spec import (
     BACKFILL_MODES,
@@ -135,7 +136,8 @@ def _validate_supervisor(s: SupervisorSettings) -> None:
     if s.heartbeat_interval <= 0:
         raise ConfigError("[supervisor] heartbeat_interval must be above 0")
     if s.heartbeat_timeout <= s.heartbeat_interval:
-        raise ConfigError("[supervisor] heartbeat_timeout must be above heartbeat_interval")
+        raise ConfigError(f"[supervisor] heartbeat_timeout ({s.heartbeat_timeout:g}s) must be above "
+                          f"heartbeat_interval ({s.heartbeat_interval:g}s)")
     if s.idle_heartbeat_interval < s.heartbeat_interval:
         raise ConfigError("[supervisor] idle_heartbeat_interval must be at least heartbeat_interval")
     if s.restart_jitter > 1:
@@ -153,12 +155,26 @@ def _validate_imap(s: ImapSettings) -> None:
         raise ConfigError("[imap] batch_size and max_attempts must be at least 1")
 
 
-def _handler_spec(table: Any) -> HandlerSpec:
+SUPABASE_HANDLER = "tenant_proc.handlers:supabase_insert"
+DEFAULT_JSONL_NAME = "emails.jsonl"
+
+
+def _handler_spec(table: Any, state_dir: Path, source: str) -> HandlerSpec:
+    """[handler], with defaults that work when nothing is configured (Railway, a container):
+    - no [handler] keys at all and companies from Supabase: supabase_insert into `emails`
+      (sql/001_init.sql makes it), so mail lands in the database the companies come from;
+    - otherwise the target defaults to jsonl, and jsonl without `path` writes
+      <state_dir>/emails.jsonl.
+    """
     if table is None:
-        return HandlerSpec()
+        table = {}
     if not isinstance(table, dict):
         raise ConfigError("[handler] must be a table")
+    if not table and source == "supabase":
+        return HandlerSpec(target=SUPABASE_HANDLER)
     target = table.get("target", HandlerSpec.target)
+    if target == HandlerSpec.target and "path" not in table:
+        table = {**table, "path": str(state_dir / DEFAULT_JSONL_NAME)}
     if not isinstance(target, str) or ":" not in target:
         raise ConfigError("[handler] target must look like 'module:callable'")
     options = {k: v for k, v in table.items() if k != "target"}
@@ -211,20 +227,15 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     if not state_dir.is_absolute():
         state_dir = base_dir / state_dir
     supervisor = _replace(supervisor, state_dir=str(state_dir))
-    _validate_supervisor(supervisor)
-
     imap = _dataclass_from_table(ImapSettings, data.get("imap"), "imap")
+    supervisor, imap = derive_timeouts(supervisor, imap, data.get("supervisor") or {},
+                                       data.get("imap") or {})
+    _validate_supervisor(supervisor)
     _validate_imap(imap)
-    slowest = max(imap.connect_timeout, imap.command_timeout)
-    if slowest >= supervisor.heartbeat_timeout:
-        raise ConfigError(
-            f"[supervisor] heartbeat_timeout ({supervisor.heartbeat_timeout:g}s) must be above "
-            f"[imap] connect_timeout and command_timeout ({slowest:g}s), or a slow server would "
-            "get a healthy tenant killed as hung")
-    handler = _handler_spec(data.get("handler"))
     tenants = _dataclass_from_table(TenantSourceSettings, data.get("tenants"), "tenants")
     if tenants.source not in ("file", "supabase"):
         raise ConfigError("[tenants] source must be 'file' or 'supabase'")
+    handler = _handler_spec(data.get("handler"), state_dir, tenants.source)
     state = _state_spec(data.get("state"), str(state_dir), tenants.source, environ)
     metrics = _dataclass_from_table(MetricsSettings, data.get("metrics"), "metrics")
     cluster = _cluster_settings(data.get("cluster"), tenants, state)

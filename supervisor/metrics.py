@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 from supervisor.tenants import TenantRecord
+from tenant_proc.deps import MissingDependency, require
 
 log = logging.getLogger("supervisor.metrics")
 
@@ -54,12 +55,11 @@ class MetricsServer:
         if not host or not port.isdigit():
             raise MetricsError(f"[metrics] listen must be HOST:PORT, got {listen!r}")
         try:
-            from prometheus_client import CollectorRegistry, generate_latest  # noqa: F401
-        except ImportError:
-            raise MetricsError("[metrics] needs prometheus-client: pip install "
-                               "'idle-supervisor[metrics]'") from None
-        self._generate = generate_latest
-        self.registry = CollectorRegistry(auto_describe=False)
+            prometheus = require("prometheus_client", "[metrics]", "pip install 'idle-supervisor[metrics]'")
+        except MissingDependency as exc:
+            raise MetricsError(str(exc)) from None
+        self._generate = prometheus.generate_latest
+        self.registry = prometheus.CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(records, histogram))
         try:
             self.sock = socket.create_server((host.strip("[]"), int(port)), backlog=16)

@@ -12,8 +12,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from supervisor.config import ConfigError
+from supervisor.preload import preload_backends
 from supervisor.sources import SourceError, load_tenants
 from supervisor.tenants import State, StopReason, TenantRecord, diff_tenants
+from tenant_proc.deps import MissingDependency
 from tenant_proc.handler_loader import HandlerError, resolve_target
 
 log = logging.getLogger("supervisor")
@@ -44,10 +46,11 @@ class TenantReconciler:
         self.next_refresh = now + self.config.supervisor.tenant_refresh
         try:
             resolve_target(self.config.handler.target)  # fail fast, and preload before fork
+            preload_backends(self.config)
             load = load_tenants(self.config)
-        except (SourceError, ConfigError, HandlerError) as exc:
+        except (SourceError, ConfigError, HandlerError, MissingDependency) as exc:
             # Keep running what we have; try again soon (a source outage is usually short).
-            if initial and isinstance(exc, (ConfigError, HandlerError)):
+            if initial and isinstance(exc, (ConfigError, HandlerError, MissingDependency)):
                 raise ConfigError(one_line(exc)) from None
             log.error("tenants not refreshed: %s", one_line(exc))
             self.next_refresh = now + min(self.config.supervisor.tenant_refresh, SOURCE_RETRY)

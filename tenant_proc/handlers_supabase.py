@@ -41,7 +41,7 @@ class SupabaseInsert:
             import tenant_proc.supabase_client  # noqa: F401
         except ImportError:
             raise ValueError(
-                "supabase_insert needs the supabase package: pip install 'idle-supervisor[supabase]'"
+                "supabase_insert needs the supabase package: pip install 'supabase>=2.34,<3'"
             ) from None
         self._client: Any = None
 

@@ -100,12 +100,55 @@ def test_missing_file_is_clear(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
-def test_heartbeat_timeout_must_exceed_imap_timeouts(tmp_path):
-    with pytest.raises(ConfigError, match="heartbeat_timeout"):
-        load_config(write(tmp_path, "[supervisor]\nheartbeat_timeout = 20\n"))
+def test_unset_timeouts_follow_a_lowered_heartbeat_timeout(tmp_path):
+    """Derive, don't refuse: only heartbeat_timeout set, the values tied to it follow it down."""
+    config = load_config(write(tmp_path, "[supervisor]\nheartbeat_timeout = 5\n"))
+    s, imap = config.supervisor, config.imap
+    assert s.heartbeat_timeout == 5
+    assert 0 < s.heartbeat_interval < 5 and imap.connect_timeout < 5 and imap.command_timeout < 5
+    assert imap.connect_timeout == pytest.approx(5 * 2 / 3)
+    assert imap.command_timeout == pytest.approx(5 * 5 / 6)
+    # Nothing set: exactly the documented defaults.
+    defaults = load_config(write(tmp_path, "[supervisor]\n"))
+    assert (defaults.supervisor.heartbeat_interval, defaults.imap.connect_timeout,
+            defaults.imap.command_timeout) == (5.0, 20.0, 25.0)
+
+
+def test_a_set_socket_timeout_raises_an_unset_heartbeat_timeout(tmp_path):
+    config = load_config(write(tmp_path, "[imap]\ncommand_timeout = 60\n"))
+    assert config.supervisor.heartbeat_timeout > 60
+    assert config.imap.connect_timeout == 20.0  # unset, and already below
+
+
+def test_only_values_the_user_set_that_contradict_are_refused_naming_both(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[imap\] command_timeout \(25s\).*"
+                                          r"\[supervisor\] heartbeat_timeout \(20s\)"):
+        load_config(write(tmp_path, "[supervisor]\nheartbeat_timeout = 20\n[imap]\ncommand_timeout = 25\n"))
     config = load_config(write(tmp_path, "[supervisor]\nheartbeat_timeout = 20\n[imap]\n"
                                          "command_timeout = 10\nconnect_timeout = 10\n"))
     assert config.supervisor.heartbeat_timeout == 20
+    with pytest.raises(ConfigError, match=r"heartbeat_timeout \(4s\) must be above heartbeat_interval \(5s\)"):
+        load_config(write(tmp_path, "[supervisor]\nheartbeat_timeout = 4\nheartbeat_interval = 5\n"))
+    # The same contradiction through the environment (Railway) names the same keys.
+    with pytest.raises(ConfigError, match="connect_timeout"):
+        load_config(write(tmp_path, "[supervisor]\nheartbeat_timeout = 8\n"),
+                    environ={"IDLE_SUPERVISOR_IMAP_CONNECT_TIMEOUT": "9"})
+
+
+def test_default_handler_without_configuration(tmp_path, monkeypatch):
+    """jsonl without `path` writes <state_dir>/emails.jsonl; with companies from Supabase and no
+    [handler] at all, mail goes to the `emails` table (supabase_insert)."""
+    config = load_config(write(tmp_path, "[supervisor]\nstate_dir = \"st\"\n"))
+    assert config.handler.target == "tenant_proc.handlers:jsonl"
+    assert config.handler.options_dict() == {"path": str(tmp_path / "st" / "emails.jsonl")}
+    monkeypatch.chdir(tmp_path)
+    env = {"SUPABASE_URL": "http://127.0.0.1:9", "SUPABASE_SERVICE_ROLE_KEY": "k"}
+    config = load_config(None, env)
+    assert config.handler.target == "tenant_proc.handlers:supabase_insert"
+    assert config.handler.options_dict() == {}
+    config = load_config(None, {**env, "IDLE_SUPERVISOR_HANDLER_PATH": "/data/e.jsonl"})
+    assert config.handler.target == "tenant_proc.handlers:jsonl"  # a handler key set: jsonl
+    assert config.handler.options_dict() == {"path": "/data/e.jsonl"}
 
 
 def test_environment_alone_configures_everything(tmp_path, monkeypatch):
