@@ -93,10 +93,13 @@ def send(conn: Connection, message: dict[str, Any]) -> bool:
 def receive(conn: Connection) -> dict[str, Any] | None:
     """Read one frame. Returns None for a bad frame (logged). Raises EOFError when closed,
     OversizedFrame for a frame above MAX_MESSAGE_BYTES (nothing of it is allocated)."""
+    was_open = not conn.closed
     try:
         data = conn.recv_bytes(MAX_MESSAGE_BYTES)  # EOFError / OSError propagate: the peer is gone
     except OSError:
-        if not conn.closed and not conn.readable:  # recv_bytes refused the announced length
+        # recv_bytes refused the announced length: it marks a duplex end unreadable and closes
+        # a read-only one. Any other OSError leaves the connection as it was.
+        if was_open and (conn.closed or not conn.readable):
             raise OversizedFrame(f"frame above {MAX_MESSAGE_BYTES} bytes") from None
         raise
     try:

@@ -124,11 +124,11 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
                 self.pidfile.release()
                 raise ConfigError(str(exc)) from None
         self._install_signals()
-        self.open_control()  # after the pid-file lock: a socket file there now is stale
         policy = self.restart_policy()
         log.info("supervisor started (pid %d, config %s, restart backoff %.0fs)",
                  os.getpid(), self.config.path, policy.backoff)
         self.apply_tenants(initial=True)
+        self.open_control()  # we hold the pid-file lock: a socket file there now is stale
         self.write_status_now()
 
     def finished(self) -> bool:

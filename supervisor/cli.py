@@ -217,7 +217,7 @@ def _ask_or_signal(config: Config, command: str, signum: signal.Signals) -> int:
         os.kill(pid, signum)
         print(f"sent {signum.name} to supervisor pid {pid}")
     else:
-        print(f"asked supervisor pid {pid} to {command} (control socket)")
+        print(f"asked supervisor pid {pid} to {command} ({signum.name}) over the control socket")
     return pid
 
 
