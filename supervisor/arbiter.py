@@ -140,7 +140,8 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
         """One line per failed tick; the tenants keep running. Repeated failures: stop every
         tenant gracefully and exit non-zero (supervisor/tick_guard.py)."""
         now = time.monotonic()
-        log.error("loop tick failed: %s; tenants keep running", tick_guard.describe(exc))
+        log.error("loop tick failed: %s%s", tick_guard.describe(exc),
+                  "" if self.give_up_at is not None else "; tenants keep running")
         if self.tick_failures.record(now) and self.give_up_at is None:
             s = self.config.supervisor
             log.error("%d failed loop ticks within %.0fs: stopping every tenant, then exiting",
