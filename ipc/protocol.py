@@ -2,7 +2,10 @@
 
 Framing: multiprocessing.Connection.send_bytes/recv_bytes already prefix every message with its
 length, so one frame is one orjson object. No pickle ever crosses the pipe: a child cannot make
-the parent execute anything, and a garbled frame is just a dropped message.
+the parent execute anything, and a garbled frame is just a dropped message. Every frame is read
+with a bound (MAX_MESSAGE_BYTES): a length above it is refused before anything is allocated, and
+since the rest of that frame is still in the pipe the stream cannot be resynchronised: the
+receiver treats the peer as misbehaving (OversizedFrame) and stops talking to it.
 
 Child -> parent
   hello      {"type", "tenant_id", "pid"}
@@ -52,6 +55,11 @@ class ProtocolError(ValueError):
     """A frame that is not a valid message; the receiver logs and drops it."""
 
 
+class OversizedFrame(OSError):
+    """The peer announced a frame above MAX_MESSAGE_BYTES. An OSError because the connection
+    is unusable from here on (multiprocessing marks it unreadable), as for a broken pipe."""
+
+
 def encode(message: dict[str, Any]) -> bytes:
     data = orjson.dumps(message)
     if len(data) > MAX_MESSAGE_BYTES:
@@ -83,8 +91,17 @@ def send(conn: Connection, message: dict[str, Any]) -> bool:
 
 
 def receive(conn: Connection) -> dict[str, Any] | None:
-    """Read one frame. Returns None for a bad frame (logged). Raises EOFError when closed."""
-    data = conn.recv_bytes()  # EOFError / OSError propagate: the peer is gone
+    """Read one frame. Returns None for a bad frame (logged). Raises EOFError when closed,
+    OversizedFrame for a frame above MAX_MESSAGE_BYTES (nothing of it is allocated)."""
+    was_open = not conn.closed
+    try:
+        data = conn.recv_bytes(MAX_MESSAGE_BYTES)  # EOFError / OSError propagate: the peer is gone
+    except OSError:
+        # recv_bytes refused the announced length: it marks a duplex end unreadable and closes
+        # a read-only one. Any other OSError leaves the connection as it was.
+        if was_open and (conn.closed or not conn.readable):
+            raise OversizedFrame(f"frame above {MAX_MESSAGE_BYTES} bytes") from None
+        raise
     try:
         return decode(data)
     except ProtocolError as exc:

@@ -1,8 +1,13 @@
 """The arbiter: one single-threaded loop that owns every tenant process.
 
-One tick: wait on every child pipe, every process sentinel and the signal wake-up socket
-(bounded timeout), then drain signals, read messages, reap, check heartbeats and stop
-deadlines, refresh tenants when due, start what is due, write status, ping systemd.
+One tick: wait on every child pipe, every process sentinel, the signal wake-up socket and the
+control socket (bounded timeout), then read messages, answer the control socket, drain
+signals, reap, check heartbeats and stop deadlines, refresh tenants when due, start what is
+due, write status, ping systemd. A failing tick is contained (supervisor/tick_guard.py).
+
+The concerns beside the loop are mixins, each in its own module: what should run
+(reconcile.py), reading children's messages (child_messages.py), how children end (exits.py),
+what the outside sees (reporting.py: status.json, the control socket, systemd).
 
 Signal handlers only queue the signal number; set_wakeup_fd makes the wait return at once.
 Everything else (logging, forking, killing, reloading) happens here, in the loop.
@@ -20,15 +25,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ipc import protocol
-from supervisor import liveness, sdnotify
+from supervisor import sdnotify, tick_guard
+from supervisor.child_messages import ChildMessages
 from supervisor.cluster import make_cluster
 from supervisor.config import Config, ConfigError, load_config
-from supervisor.forking import ChildHandle, fork_tenant, reap_orphans, send_signal
+from supervisor.control import ControlServer
+from supervisor.exits import ChildExits
+from supervisor.forking import fork_tenant, reap_orphans
 from supervisor.metrics import LatencyHistogram, MetricsError, MetricsServer
 from supervisor.pidfile import PidFile
 from supervisor.reconcile import TenantReconciler
-from supervisor.status import build_status, summary_line, write_status
+from supervisor.reporting import StatusReporter
 from supervisor.tenants import RestartPolicy, State, StopReason, TenantRecord
 from tenant_proc.connect import preload_ssl_contexts
 from tenant_proc.handler_loader import HandlerError, resolve_target
@@ -37,7 +44,6 @@ log = logging.getLogger("supervisor")
 
 MAX_WAIT = 1.0  # the loop never sleeps longer than this (issue contract)
 START_BATCH = 25  # forks per tick: a thousand tenants start staggered, not as one storm
-MESSAGES_PER_CHILD_PER_TICK = 64  # one chatty child cannot starve the loop
 # Scans over every tenant (hung check, stop deadlines, due starts) run at most this often, or
 # at once after a signal or when a start or stop deadline is due (an exited child is reaped at
 # once, on its own). An O(n) scan per wake-up was most of the idle cost once; four scans a
@@ -49,10 +55,9 @@ SHUTDOWN_HOUSEKEEPING_PERIOD = 0.1  # stop deadlines while stopping
 # only a safety net. At 1,000 tenants one sweep is 1,000 waitpid calls:
 # run every housekeeping period it was most of an idle supervisor's CPU (bench/idle_cost.py).
 REAP_SWEEP_PERIOD = 5.0
-STATUS_MIN_INTERVAL = 1.0  # status.json: soon after a visible change, else every heartbeat_interval
 
 
-class Arbiter(TenantReconciler):
+class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
     def __init__(self, config_path: Path | None, config: Config) -> None:
         self.config_path = config_path
         self.config = config
@@ -72,6 +77,10 @@ class Arbiter(TenantReconciler):
         self.last_summary = ""
         self.latency = LatencyHistogram()
         self.metrics: MetricsServer | None = None
+        self.control: ControlServer | None = None
+        self.tick_failures = tick_guard.TickFailures()
+        self.exit_code = 0
+        self.give_up_at: float | None = None  # set when repeated failures end the run
         self.is_pid1 = os.getpid() == 1  # in a container: orphans re-parented to us are ours to reap
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -90,11 +99,14 @@ class Arbiter(TenantReconciler):
         self.initialize()
         try:
             while not self.finished():
-                self.tick()
+                try:
+                    self.tick()
+                except Exception as exc:
+                    self.contain_failed_tick(exc)
         finally:
             self.cleanup()
         log.info("supervisor stopped")
-        return 0
+        return self.exit_code
 
     def initialize(self) -> None:
         try:
@@ -116,10 +128,28 @@ class Arbiter(TenantReconciler):
         log.info("supervisor started (pid %d, config %s, restart backoff %.0fs)",
                  os.getpid(), self.config.path, policy.backoff)
         self.apply_tenants(initial=True)
+        self.open_control()  # we hold the pid-file lock: a socket file there now is stale
         self.write_status_now()
 
     def finished(self) -> bool:
+        if self.give_up_at is not None and time.monotonic() >= self.give_up_at:
+            return True  # failing ticks cannot finish the stop: cleanup() kills what is left
         return self.shutting_down and not any(r.is_alive() for r in self.records.values())
+
+    def contain_failed_tick(self, exc: Exception) -> None:
+        """One line per failed tick; the tenants keep running. Repeated failures: stop every
+        tenant gracefully and exit non-zero (supervisor/tick_guard.py)."""
+        now = time.monotonic()
+        log.error("loop tick failed: %s%s", tick_guard.describe(exc),
+                  "" if self.give_up_at is not None else "; tenants keep running")
+        if self.tick_failures.record(now) and self.give_up_at is None:
+            s = self.config.supervisor
+            log.error("%d failed loop ticks within %.0fs: stopping every tenant, then exiting",
+                      self.tick_failures.limit, self.tick_failures.window)
+            self.exit_code = tick_guard.EXIT_LOOP_FAILED
+            self.give_up_at = now + s.shutdown_timeout + s.kill_timeout + 5.0
+            self.handle_term("repeated loop failures")
+        time.sleep(tick_guard.FAILED_TICK_PAUSE)
 
     def cleanup(self) -> None:
         self.kill_survivors()
@@ -127,6 +157,7 @@ class Arbiter(TenantReconciler):
             self.cluster.leave()  # every child is gone: hand every lease back at once
         if self.metrics is not None:
             self.metrics.close()
+        self.close_control()
         self.write_status_now()
         self.pidfile.release()
         signal.set_wakeup_fd(-1)
@@ -141,12 +172,14 @@ class Arbiter(TenantReconciler):
         exited = [key.data for key, _ in events
                   if key.data is not None and key.fileobj == key.data.handle.process.sentinel]
         self._drain_wakeup(ready_set)
-        if self.signal_queue:
-            self.next_housekeeping = 0.0  # act on these at once, not at the next period
-        self.handle_signals()
+        self.read_messages(ready_set, [key.data for key, _ in events if key.data is not None])
+        if self.control is not None:  # after the messages: a live status is current to them
+            self.control.serve(ready_set)
         if self.metrics is not None and self.metrics in ready_set:
             self.metrics.serve_ready()
-        self.read_messages(ready_set, [key.data for key, _ in events if key.data is not None])
+        if self.signal_queue:  # signals, and reload/stop from the control socket
+            self.next_housekeeping = 0.0  # act on these at once, not at the next period
+        self.handle_signals()
         if exited:
             # Reap exactly the children that exited (O(exits), not O(tenants) per exit: a
             # thousand tenants stopping at once must not cost a million waitpid calls).
@@ -208,6 +241,8 @@ class Arbiter(TenantReconciler):
 
     def _wait_timeout(self, now: float) -> float:
         due = min(self.next_housekeeping, self._next_status_write())
+        if self.control is not None:
+            due = min(due, self.control.next_deadline())
         return min(MAX_WAIT, max(0.0, due - now))
 
     # ---- signals -----------------------------------------------------------------------
@@ -322,215 +357,3 @@ class Arbiter(TenantReconciler):
             self.ready_sent = True
             sdnotify.ready()
             log.info("all %d tenants started", sum(r.is_alive() for r in self.records.values()))
-
-    # ---- messages from children --------------------------------------------------------
-
-    def read_messages(self, ready: set[Any], candidates: list[TenantRecord]) -> None:
-        """Read from the children whose pipe is readable (candidates: from the ready events)."""
-        now = time.monotonic()
-        for record in {id(r): r for r in candidates}.values():  # pipe and sentinel: once
-            handle = record.handle
-            if handle is None or not handle.conn_open or handle.conn not in ready:
-                continue
-            for _ in range(MESSAGES_PER_CHILD_PER_TICK):
-                try:
-                    if not handle.conn.poll():
-                        break
-                    message = protocol.receive(handle.conn)
-                except (EOFError, OSError):
-                    handle.conn_open = False  # the sentinel will tell us it exited
-                    self._unregister(handle.conn)  # else an EOF pipe wakes every tick
-                    break
-                if message is not None:
-                    self.handle_message(record, message, now)
-
-    def handle_message(self, record: TenantRecord, message: dict[str, Any], now: float) -> None:
-        kind = message["type"]
-        if kind == "heartbeat":
-            previous = record.display_state()
-            seen = (record.mode, record.last_error, dict(record.counters))
-            record.on_heartbeat(now, message)
-            if record.display_state() != previous and record.state is not State.STOPPING:
-                log.debug("[%s] %s -> %s", record.name, previous, record.display_state())
-            if record.display_state() != previous or seen != (record.mode, record.last_error,
-                                                              record.counters):
-                self.status_dirty = True
-            return
-        self.status_dirty = True
-        if kind == "hello":
-            record.last_heartbeat = now
-        elif kind == "fatal":
-            record.on_fatal(str(message.get("kind", "error")), str(message.get("reason", "")))
-        elif kind == "processed":
-            record.last_heartbeat = now
-            latency = message.get("latency")
-            if isinstance(latency, (int, float)) and latency >= 0:
-                self.latency.observe(float(latency))
-        else:
-            log.warning("[%s] unexpected IPC message type %r dropped", record.name, kind)
-
-    # ---- reaping, hung children, stop deadlines ----------------------------------------
-
-    def reap_children(self, candidates: list[TenantRecord] | None = None) -> None:
-        """Collect exited children: the given ones, or (safety net) every tenant."""
-        now = time.monotonic()
-        policy = self.restart_policy()
-        for record in list(candidates if candidates is not None else self.records.values()):
-            handle = record.handle
-            if handle is None or handle.process.is_alive():  # is_alive() reaps via waitpid
-                continue
-            exitcode = handle.process.exitcode
-            self._drain_last_words(record, now)
-            self._close_handle(handle)
-            self.status_dirty = True
-            reason = record.stop_reason
-            record.on_exit(now, exitcode, policy, self.rng, self.shutting_down)
-            self._log_exit(record, exitcode, reason)
-            if reason is StopReason.REMOVED and record.spec is not None and record.id in self.records:
-                if record.state is State.STOPPED:
-                    del self.records[record.id]
-            elif reason is StopReason.REMOVED and record.spec is None:
-                record.state = State.FAILED  # invalid config: shown as failed until fixed
-
-    def _drain_last_words(self, record: TenantRecord, now: float) -> None:
-        """Read what a dead child sent just before exiting (its fatal reason, final counters)."""
-        handle = record.handle
-        try:
-            while handle.conn_open and handle.conn.poll(0):
-                message = protocol.receive(handle.conn)
-                if message is not None:
-                    self.handle_message(record, message, now)
-        except (EOFError, OSError):
-            pass
-
-    def _next_due_of(self, records: list[TenantRecord]) -> float:
-        due = [r.next_start_at for r in records if r.next_start_at is not None and not r.is_alive()]
-        return min(due, default=float("inf"))
-
-    def _log_exit(self, record: TenantRecord, exitcode: int | None, reason: StopReason | None) -> None:
-        if reason in (StopReason.SHUTDOWN, StopReason.REMOVED, StopReason.CHANGED) or self.shutting_down:
-            log.info("[%s] stopped (exit code %s)", record.name, exitcode)
-        elif record.state is State.FAILED:
-            retry = self.config.supervisor.failed_backoff
-            log.error("[%s] failed: %s; next try in %.0fs or on SIGHUP", record.name,
-                      record.last_error, retry)
-        else:
-            delay = (record.next_start_at or time.monotonic()) - time.monotonic()
-            log.warning("[%s] %s; restarting in %.0fs", record.name, record.last_error, delay)
-
-    def _close_handle(self, handle: ChildHandle) -> None:
-        self._unregister(handle.conn)
-        self._unregister(handle.process.sentinel)
-        try:
-            handle.conn.close()
-        except OSError:
-            pass
-        handle.process.join(0)
-        handle.process.close()
-
-    def murder_hung(self, now: float) -> None:
-        timeout = self.config.supervisor.heartbeat_timeout
-        for record in self.records.values():
-            if record.quiet_for and record.handle is not None and now >= record.next_probe_at:
-                reason = self._probe_quiet(record, now, timeout)
-                if reason is not None:
-                    self._kill_hung(record, now, f"silent for {record.silence(now):.0f}s and "
-                                                 f"{reason}: killed as hung")
-                    continue
-            if record.heartbeat_overdue(now, timeout) and record.quiet_silence_left(now, timeout) <= 0:
-                self._kill_hung(record, now, f"no heartbeat for {timeout:.0f}s: killed as hung")
-
-    def _probe_quiet(self, record: TenantRecord, now: float, timeout: float) -> str | None:
-        """A quiet tenant's /proc check: first after timeout/2 of silence, then every timeout;
-        a reason counts only after timeout of silence, as a missing heartbeat would. So a
-        stopped or spinning tenant is killed 1-1.5 x timeout after its last beat."""
-        silence = record.silence(now) or 0.0
-        if silence < timeout / 2:
-            record.next_probe_at = now + timeout / 2 - silence
-            return None
-        record.next_probe_at = now + timeout
-        current = liveness.sample(record.handle.process.pid, now)
-        reason = liveness.why_not_asleep(record.last_probe, current)
-        record.last_probe = current
-        return reason if silence > timeout else None
-
-    def _kill_hung(self, record: TenantRecord, now: float, error: str) -> None:
-        record.last_error = error
-        log.error("[%s] %s", record.name, record.last_error)
-        self.stop_tenant(record, StopReason.HUNG, now, self.config.supervisor.kill_timeout,
-                         send_stop=False)
-
-    def stop_tenant(self, record: TenantRecord, reason: StopReason, now: float, timeout: float,
-                    send_stop: bool = True) -> None:
-        handle = record.handle
-        if handle is None:
-            return
-        record.begin_stop(now, reason, timeout)
-        self.status_dirty = True
-        if send_stop and handle.conn_open:
-            protocol.send(handle.conn, protocol.stop())
-        # SIGTERM too: a child busy in a handler sees the flag as soon as the handler returns.
-        send_signal(handle.process.pid, signal.SIGTERM)
-
-    def enforce_stop_deadlines(self, now: float) -> None:
-        for record in self.records.values():
-            if (record.is_alive() and record.stop_deadline is not None
-                    and now >= record.stop_deadline and not record.kill_sent):
-                log.warning("[%s] did not stop in time: SIGKILL", record.name)
-                send_signal(record.handle.process.pid, signal.SIGKILL)
-                record.kill_sent = True
-
-    def kill_survivors(self) -> None:
-        """Last resort on the way out: the parent exits last and leaves nothing behind."""
-        for record in self.records.values():
-            if record.handle is not None and record.handle.process.is_alive():
-                send_signal(record.handle.process.pid, signal.SIGKILL)
-        for record in self.records.values():
-            if record.handle is not None:
-                record.handle.process.join(5)
-                exitcode = record.handle.process.exitcode
-                self._close_handle(record.handle)
-                record.on_exit(time.monotonic(), exitcode, self.restart_policy(), self.rng, True)
-
-    # ---- status and systemd ------------------------------------------------------------
-
-    def write_status_if_due(self, now: float) -> None:
-        """At least every heartbeat_interval (the contract); sooner, at most once a second,
-        when a tenant's state, counters or error changed. Rewriting it every second for 1,000
-        tenants whose heartbeats changed nothing was a large part of the idle cost."""
-        if now >= self._next_status_write():
-            self.write_status_now()
-
-    def _next_status_write(self) -> float:
-        """When status.json is due (monotonic): the loop wakes for it, not only at housekeeping
-        (once a second now), so a change shows within STATUS_MIN_INTERVAL as before."""
-        if self.status_dirty:
-            interval = self.config.supervisor.heartbeat_interval
-            return min(self.next_status, self.last_status + min(STATUS_MIN_INTERVAL, interval))
-        return self.next_status
-
-    def write_status_now(self) -> None:
-        now = time.monotonic()
-        self.last_status = now
-        self.status_dirty = False
-        self.next_status = now + self.config.supervisor.heartbeat_interval
-        phase = "stopping" if self.shutting_down else "running"
-        status = build_status(os.getpid(), self.started_at_wall, phase, self.records.values(),
-                              now, time.time())
-        if self.cluster is not None:
-            status["supervisor"]["cluster"] = self.cluster.status(now)
-        try:
-            write_status(self.state_dir, status)
-        except OSError as exc:
-            log.error("cannot write status.json: %s", exc)
-        summary = summary_line(self.records.values())
-        if summary != self.last_summary:
-            self.last_summary = summary
-            sdnotify.status(summary)
-
-    def ping_watchdog(self, now: float) -> None:
-        if self.watchdog_period is not None and now >= self.next_watchdog:
-            sdnotify.watchdog()
-            self.next_watchdog = now + self.watchdog_period
-
-

@@ -55,9 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                      choices=["text", "json"])
     run.set_defaults(func=cmd_run)
 
-    status = sub.add_parser("status", help="show the running supervisor's tenants")
+    status = sub.add_parser("status", help="show the running supervisor's tenants (live from its "
+                            "control socket; status.json when none answers)")
     with_config(status)
-    status.add_argument("--json", action="store_true", help="print status.json as it is")
+    status.add_argument("--json", action="store_true",
+                        help="print the status as JSON (status.json's fields, read live)")
     status.set_defaults(func=cmd_status)
 
     reload_ = sub.add_parser("reload", help="re-read config and tenants (SIGHUP)")
@@ -109,16 +111,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     _, config = _config(args)
     state_dir = Path(config.supervisor.state_dir)
     pid = read_pid(state_dir)
-    try:
-        status = read_status(state_dir)
-    except FileNotFoundError:
-        print(f"{PROG}: no status in {state_dir}: the supervisor has not run there", file=sys.stderr)
-        return 1
-    except ValueError:
-        print(f"{PROG}: {state_dir / 'status.json'} is not valid JSON", file=sys.stderr)
-        return 1
+    # Only the holder of the pid-file lock may answer: a socket file without one is the
+    # leftover of a supervisor that was SIGKILLed.
+    status = _live_status(state_dir) if pid is not None else None
+    source = "live"
+    if status is None:
+        source = "file"
+        try:
+            status = read_status(state_dir)
+        except FileNotFoundError:
+            print(f"{PROG}: no status in {state_dir}: the supervisor has not run there", file=sys.stderr)
+            return 1
+        except ValueError:
+            print(f"{PROG}: {state_dir / 'status.json'} is not valid JSON", file=sys.stderr)
+            return 1
     running = pid is not None and pid == status.get("supervisor", {}).get("pid")
     status["supervisor"]["running"] = running
+    status["supervisor"]["source"] = source  # "live": asked the supervisor; "file": status.json
     _add_process_usage(status)
     if args.json:
         import orjson
@@ -127,6 +136,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(format_status_table(status))
     return 0 if running else 3
+
+
+def _live_status(state_dir: Path) -> dict[str, Any] | None:
+    from supervisor.control import CommandError, ControlUnavailable, request
+
+    try:
+        status = request(state_dir, "status")
+    except (ControlUnavailable, CommandError):
+        return None
+    return status if isinstance(status, dict) and "supervisor" in status else None
 
 
 def _add_process_usage(status: dict[str, Any]) -> None:
@@ -190,19 +209,31 @@ def _running_pid(config: Config) -> int:
     return pid
 
 
+def _ask_or_signal(config: Config, command: str, signum: signal.Signals) -> int:
+    """The control socket first (it names what it did); the pid file and a signal when the
+    supervisor does not answer there (an older one, or a socket that could not be created)."""
+    from supervisor.control import CommandError, ControlUnavailable, request
+
+    pid = _running_pid(config)
+    try:
+        request(Path(config.supervisor.state_dir), command)
+    except (ControlUnavailable, CommandError):
+        os.kill(pid, signum)
+        print(f"sent {signum.name} to supervisor pid {pid}")
+    else:
+        print(f"asked supervisor pid {pid} to {command} ({signum.name}) over the control socket")
+    return pid
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     _, config = _config(args)
-    pid = _running_pid(config)
-    os.kill(pid, signal.SIGHUP)
-    print(f"sent SIGHUP to supervisor pid {pid}")
+    _ask_or_signal(config, "reload", signal.SIGHUP)
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
     _, config = _config(args)
-    pid = _running_pid(config)
-    os.kill(pid, signal.SIGTERM)
-    print(f"sent SIGTERM to supervisor pid {pid}")
+    pid = _ask_or_signal(config, "stop", signal.SIGTERM)
     deadline = time.monotonic() + args.wait
     while args.wait and time.monotonic() < deadline:
         if read_pid(Path(config.supervisor.state_dir)) is None:

@@ -25,3 +25,15 @@ def die_on_killer(email, context) -> None:
     if "KILLER" in (email.subject or ""):
         os.kill(os.getpid(), signal.SIGKILL)
     jsonl(email, context)
+
+
+def oversized_frame(email, context) -> None:
+    """A handler that misuses its process's pipe to the supervisor: on a subject with OVERSIZED
+    it writes a frame header announcing a terabyte (what a bug or hostile code in a handler
+    could do). The supervisor must refuse the frame, not allocate or wait for it."""
+    import struct
+
+    jsonl(email, context)
+    if "OVERSIZED" in (email.subject or ""):
+        conn = context.keepalive.__self__.conn  # the tenant's Control pipe (bound method)
+        os.write(conn.fileno(), struct.pack("!i", -1) + struct.pack("!Q", 1 << 40))

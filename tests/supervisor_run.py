@@ -51,6 +51,7 @@ class SupervisorRun:
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {"metrics": {...}}
     command_prefix: list[str] = field(default_factory=list)  # e.g. unshare: run it as PID 1
+    entry_module: str = "supervisor"  # `python -m <this> run`: a test wrapper may inject faults
     proc: subprocess.Popen[bytes] | None = None
 
     # Every run made during the current test: conftest attaches their logs to a failure report,
@@ -109,7 +110,7 @@ class SupervisorRun:
     def start(self, wait_running: bool = True, timeout: float = 20) -> SupervisorRun:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [*self.command_prefix, sys.executable, "-m", "supervisor", "run",
+            [*self.command_prefix, sys.executable, "-m", self.entry_module, "run",
              "--config", str(self.config_path)],
             cwd=self.workdir, env=self.env(), stdout=self._log, stderr=subprocess.STDOUT,
         )
