@@ -68,6 +68,7 @@ def _assertion(spec: TenantSpec, key: dict[str, Any]) -> str:
     assert oauth is not None
     libraries()  # a missing authlib is a config error line, not an ImportError
     from authlib.oauth2.rfc7523 import JWTBearerGrant
+    from joserfc.jwk import RSAKey
 
     header = {"alg": "RS256"}
     if isinstance(key.get("private_key_id"), str):
@@ -75,7 +76,7 @@ def _assertion(spec: TenantSpec, key: dict[str, Any]) -> str:
     now = int(time.time())
     try:
         signed = JWTBearerGrant.sign(
-            key["private_key"], issuer=key["client_email"], audience=oauth.token_url,
+            RSAKey.import_key(key["private_key"]), issuer=key["client_email"], audience=oauth.token_url,
             subject=oauth.subject or spec.username, issued_at=now,
             expires_at=now + ASSERTION_LIFETIME, claims={"scope": oauth.scope}, header=header,
         )

@@ -10,6 +10,7 @@ tenant that asks for a token about once an hour.
 from __future__ import annotations
 
 import ssl
+import warnings
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
@@ -33,7 +34,12 @@ def libraries() -> tuple[Any, Any]:
     """(authlib's httpx client module, httpx), or FatalError("config") naming the install."""
     try:
         httpx = require("httpx", "OAuth2 sign-in", INSTALL)
-        client_module = require("authlib.integrations.httpx_client", "OAuth2 sign-in", INSTALL)
+        with warnings.catch_warnings():
+            # authlib >= 1.7 prefers the httpx2 fork and says so on import; httpx works the same.
+            # authlib.deprecate installs an "always" filter when imported: import it first.
+            require("authlib.deprecate", "OAuth2 sign-in", INSTALL)
+            warnings.simplefilter("ignore")
+            client_module = require("authlib.integrations.httpx_client", "OAuth2 sign-in", INSTALL)
     except MissingDependency as exc:
         raise FatalError("config", str(exc)) from None
     return client_module, httpx
