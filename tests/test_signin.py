@@ -391,3 +391,32 @@ def test_preload_imports_oauth_libraries_only_when_a_tenant_uses_oauth(tmp_path:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+# ---------------------------------------------------------------- Supabase columns and token table
+
+@pytest.mark.integration
+def test_supabase_company_columns_and_token_table(postgrest, pg_db) -> None:
+    from supervisor.source_supabase import fetch_company_rows
+    from tenant_proc.signin.storage import SupabaseTokenStore
+    from tests.postgrest_server import TEST_SERVICE_KEY
+
+    pg_db.execute(
+        "INSERT INTO companies (id, name, imap_host, imap_username, imap_auth, oauth, "
+        "oauth_client_secret, oauth_refresh_token) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s)",
+        ("contoso", "Contoso AB", "outlook.office365.com", MAILBOX, "xoauth2",
+         json.dumps({"provider": "microsoft", "flow": "refresh_token", "tenant": "contoso.example",
+                     "client_id": "app"}), "client-secret", "seed-token"))
+    [row] = fetch_company_rows(postgrest.url, Secret(TEST_SERVICE_KEY))
+    assert row["auth"] == "xoauth2" and "password" not in row
+    spec = oauth_spec_from_row(row, {}, ".")
+    assert spec.client_secret == Secret("client-secret") and spec.refresh_token == Secret("seed-token")
+    assert spec.scope.endswith("offline_access")
+
+    store = SupabaseTokenStore(postgrest.url, TEST_SERVICE_KEY)
+    assert store.load("contoso") is None
+    store.save("contoso", Secret("rotated-1"), seed_hash(spec.refresh_token))
+    store.save("contoso", Secret("rotated-2"), seed_hash(spec.refresh_token))
+    stored = store.load("contoso")
+    assert stored is not None and stored.refresh_token.reveal() == "rotated-2"
+    assert stored.seed_hash == seed_hash(Secret("seed-token"))
