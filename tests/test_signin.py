@@ -420,3 +420,25 @@ def test_supabase_company_columns_and_token_table(postgrest, pg_db) -> None:
     stored = store.load("contoso")
     assert stored is not None and stored.refresh_token.reveal() == "rotated-2"
     assert stored.seed_hash == seed_hash(Secret("seed-token"))
+
+
+# ---------------------------------------------------------------- idle-supervisor check
+
+def test_check_reports_method_token_and_login(idp: IdentityProvider, oauth_dovecot: Dovecot, tmp_path: Path) -> None:
+    from tenant_proc.probe import probe_tenant
+
+    idp.add_app("app-1", "app-secret", mailbox=MAILBOX)
+    table = {"provider": "microsoft", "tenant": "contoso.onmicrosoft.com", "client_id": "app-1",
+             "client_secret": "app-secret", "token_url": idp.microsoft_token_url()}
+    ok = probe_tenant(tenant(oauth_spec(table), tmp_path, dc=oauth_dovecot)).summary()
+    assert ok.startswith("OK TLS, XOAUTH2 via microsoft client_credentials: token obtained (lifetime ")
+    assert "login OK, IDLE, UIDVALIDITY" in ok
+    bad = probe_tenant(tenant(oauth_spec({**table, "client_secret": "nope-wrong"}), tmp_path,
+                              dc=oauth_dovecot)).summary()
+    assert bad.startswith("FAIL XOAUTH2 via microsoft client_credentials: no token: tenant contoso: "
+                          "microsoft sign-in failed: invalid_client (AADSTS7000215)")
+    idp.add_app("app-2", "other-secret", mailbox="info@contoso.example")  # a token for another mailbox
+    refused = probe_tenant(tenant(oauth_spec({**table, "client_id": "app-2", "client_secret": "other-secret"}),
+                                  tmp_path, dc=oauth_dovecot, host="127.0.0.3")).summary()
+    assert "token obtained (lifetime" in refused and "login failed" in refused
+    assert "token refused by the IMAP server" in refused and "nope-wrong" not in bad

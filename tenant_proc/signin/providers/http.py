@@ -9,6 +9,7 @@ tenant that asks for a token about once an hour.
 """
 from __future__ import annotations
 
+import logging
 import ssl
 import warnings
 from typing import Any, Iterable
@@ -21,6 +22,20 @@ from tenant_proc.signin.providers import DEFAULT_LIFETIME, TokenResponse
 from tenant_proc.spec import Secret, TenantSpec
 
 INSTALL = "pip install 'authlib>=1.3' httpx"
+
+
+class _QuietWhileRequesting(logging.Filter):
+    """httpx logs every request at INFO ("HTTP Request: POST ..."), untagged by tenant: drop those
+    of token requests (each outcome is logged by the tenant itself); other httpx users keep theirs."""
+
+    active = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.active
+
+
+_quiet = _QuietWhileRequesting()
+logging.getLogger("httpx").addFilter(_quiet)
 
 
 class _EndpointBusy(Exception):
@@ -76,6 +91,7 @@ def request_token(
     if not isinstance(auth_method, str):
         client.register_client_auth_method(auth_method)
     client.register_compliance_hook("access_token_response", _status_first)
+    _quiet.active = True
     try:
         answer = client.fetch_token(oauth.token_url, grant_type=grant_type, **params)
     except _EndpointBusy as exc:
@@ -95,6 +111,7 @@ def request_token(
     except ValueError as exc:  # 2xx whose body is not a JSON object
         raise FatalError("config", f"{where}: {errors.scrub(str(exc), secrets)[:200]}") from None
     finally:
+        _quiet.active = False
         client.close()
     return parse_answer(spec, dict(answer))
 
