@@ -128,7 +128,7 @@ def oauth_login(client: IMAPClient, spec: TenantSpec) -> SignIn:
         except LoginError as again:
             _raise_if_transient(again)
             raise errors.token_refused(spec, _server_text(again)) from None
-    return SignIn(mechanism, max(0.0, token.left(source._clock())))
+    return SignIn(mechanism, max(0.0, token.left(source.clock())))
 
 
 def _authenticate(client: IMAPClient, spec: TenantSpec, mechanism: str, token) -> None:

@@ -89,7 +89,7 @@ class TokenSource:
         self.spec = spec
         self._fetch_token = fetch or provider_for(spec)
         self._store = store
-        self._clock = clock
+        self.clock = clock
         self._keepalive = keepalive
         self.budget = budget or RequestBudget()
         self.token: AccessToken | None = None
@@ -103,7 +103,7 @@ class TokenSource:
 
     def for_login(self) -> AccessToken:
         """The token to log in with now: the cached one unless it is due for refresh."""
-        now = self._clock()
+        now = self.clock()
         self._retry_unsaved()
         token = self.token
         if token is not None and not token.due(now):
@@ -117,10 +117,10 @@ class TokenSource:
     def refetch(self) -> AccessToken | None:
         """After the server refused a token: a new one, or None if this one was just fetched
         (a new token would be refused the same way) or the budget is spent."""
-        if self.fetched_now or not self.budget.available(self._clock()):
+        if self.fetched_now or not self.budget.available(self.clock()):
             return None
         self.token = None
-        return self._request(self._clock())
+        return self._request(self.clock())
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -140,7 +140,7 @@ class TokenSource:
             self._keepalive()
         if answer.refresh_token is not None and answer.refresh_token != refresh:
             self._rotate(answer.refresh_token)
-        self.token = AccessToken(answer.access_token, self._clock(), answer.lifetime)
+        self.token = AccessToken(answer.access_token, self.clock(), answer.lifetime)
         self.fetched_now = True
         return self.token
 
