@@ -86,13 +86,11 @@ def password_login(client: IMAPClient, spec: TenantSpec) -> SignIn:
     """LOGIN is ASCII-only (imaplib refuses anything else): a non-ASCII username or password goes
     over AUTHENTICATE PLAIN, which is UTF-8 (RFC 4616), when the server offers it."""
     username, password = spec.username, spec.password.reveal()
-    plain_needed = not (username.isascii() and password.isascii())
-    offers_plain = _offers(client, "AUTH=PLAIN")
-    if plain_needed and not offers_plain:
+    use_plain = not (username.isascii() and password.isascii())
+    if use_plain and not _offers(client, "AUTH=PLAIN"):
         raise FatalError("auth", f"login for {spec.username} at {spec.host}:{spec.port} impossible: "
                                  "the password or username has non-ASCII characters and the server "
                                  "offers no AUTHENTICATE PLAIN (UTF-8): use an ASCII password")
-    use_plain = plain_needed or (offers_plain and _offers(client, "LOGINDISABLED"))
     try:
         if use_plain:
             client.plain_login(username, password)
