@@ -442,3 +442,64 @@ def test_check_reports_method_token_and_login(idp: IdentityProvider, oauth_dovec
                                   tmp_path, dc=oauth_dovecot, host="127.0.0.3")).summary()
     assert "token obtained (lifetime" in refused and "login failed" in refused
     assert "token refused by the IMAP server" in refused and "nope-wrong" not in bad
+
+
+def test_microsoft_certificate_credential_sends_a_signed_client_assertion(tmp_path: Path) -> None:
+    """private_key_jwt as Entra ID wants it, checked by a real HTTP endpoint in this test (the
+    stand-in takes client secrets only): x5t = SHA-1 thumbprint, RS256, iss = sub = client_id,
+    aud = token_url, verified with the certificate's public key."""
+    import base64
+    import datetime
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from urllib.parse import parse_qsl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+    from joserfc import jwt
+    from joserfc.jwk import RSAKey
+
+    key = generate_rsa_key()
+    private = serialization.load_pem_private_key(key.private_pem, password=None)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "idle-supervisor app")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(private.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(private, hashes.SHA256()))
+    pem_file = tmp_path / "app.pem"
+    pem_file.write_bytes(key.private_pem + cert.public_bytes(serialization.Encoding.PEM))
+    forms: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            forms.append(dict(parse_qsl(body)))
+            payload = json.dumps({"access_token": "cert-token", "expires_in": 3599, "token_type": "Bearer"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/contoso/oauth2/v2.0/token"
+        spec = tenant(oauth_spec({"provider": "microsoft", "tenant": "contoso", "client_id": "app-9",
+                                  "certificate_file": str(pem_file), "token_url": url}), tmp_path)
+        assert provider_for(spec)(None).access_token.reveal() == "cert-token"
+    finally:
+        server.shutdown()
+        server.server_close()
+    [form] = forms
+    assert form["grant_type"] == "client_credentials" and form["client_id"] == "app-9"
+    assert form["client_assertion_type"] == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    assert "client_secret" not in form and form["scope"] == "https://outlook.office365.com/.default"
+    token = jwt.decode(form["client_assertion"], RSAKey.import_key(key.public_pem), algorithms=["RS256"])
+    thumbprint = base64.urlsafe_b64encode(cert.fingerprint(hashes.SHA1())).rstrip(b"=").decode()
+    assert token.header["x5t"] == thumbprint
+    assert token.claims["iss"] == token.claims["sub"] == "app-9" and token.claims["aud"] == url

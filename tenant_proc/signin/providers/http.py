@@ -110,6 +110,9 @@ def request_token(
         raise ConnectionLost(f"{where} cannot connect: {errors.scrub(str(exc), secrets)[:200]}") from None
     except ValueError as exc:  # 2xx whose body is not a JSON object
         raise FatalError("config", f"{where}: {errors.scrub(str(exc), secrets)[:200]}") from None
+    except Exception as exc:  # anything else from the libraries: one scrubbed line, retried later
+        raise ConnectionLost(f"{where}: {type(exc).__name__}: "
+                             f"{errors.scrub(str(exc), secrets)[:200]}") from None
     finally:
         _quiet.active = False
         client.close()
