@@ -118,6 +118,7 @@ def oauth_login(client: IMAPClient, spec: TenantSpec) -> SignIn:
         _authenticate(client, spec, mechanism, token)
     except LoginError as refused:
         _raise_if_transient(refused)
+        errors.raise_if_mailbox_refused(spec, refused)  # a new token would not help either
         token = source.refetch()  # the server refused a token that looked valid: once more
         if token is None:
             raise errors.token_refused(spec, _server_text(refused)) from None
