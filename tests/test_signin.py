@@ -255,6 +255,25 @@ def test_refresh_token_rotation_through_the_stand_in(idp: IdentityProvider, tmp_
         TokenSource(spec).for_login()
 
 
+def test_a_refresh_token_rotated_by_another_process_is_picked_up_from_the_store(
+        idp: IdentityProvider, tmp_path: Path) -> None:
+    """`check` (or a restarted instance) rotated the token the running tenant still holds: the
+    stand-in refuses used refresh tokens, and the tenant recovers with the stored one."""
+    idp.token_lifetime = 5  # every login asks for a token
+    grant = idp.add_refresh_grant("native-app", mailbox=MAILBOX, client_secret="cs")
+    table = {"provider": "microsoft", "flow": "refresh_token", "tenant": "contoso.onmicrosoft.com",
+             "client_id": "native-app", "client_secret": "cs", "refresh_token": grant.refresh_token,
+             "token_url": idp.microsoft_token_url()}
+    spec = tenant(oauth_spec(table), tmp_path)
+    running = TokenSource(spec)
+    running.for_login()
+    TokenSource(spec).for_login()  # the other process: rotates and stores
+    assert running.for_login().value.reveal()  # its own refresh token is dead; the stored one works
+    assert idp.token_requests("native-app") == 4
+    stored = SqliteTokenStore(tmp_path / "state" / "checkpoints.sqlite3").load("contoso")
+    assert stored is not None and stored.refresh_token.reveal() == grant.refresh_token
+
+
 def test_google_service_account_jwt_bearer(idp: IdentityProvider, tmp_path: Path) -> None:
     key = generate_rsa_key()
     email = "imap-reader@project.iam.gserviceaccount.com"

@@ -18,9 +18,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from tenant_proc.connect import ConnectionLost
+from tenant_proc.connect import ConnectionLost, FatalError
 from tenant_proc.signin import errors
-from tenant_proc.signin.providers import Fetch, provider_for, uses_refresh_token
+from tenant_proc.signin.providers import Fetch, TokenResponse, provider_for, uses_refresh_token
 from tenant_proc.signin.storage import TokenStore, open_token_store, seed_hash
 from tenant_proc.spec import Secret, TenantSpec
 from tenant_proc.store_api import StoreError
@@ -131,18 +131,43 @@ class TokenSource:
                 f"{errors.who(self.spec)} token requests limited to {self.budget.limit} per hour: "
                 f"next in {wait:.0f}s (Suggested Backoff Time: {int(wait * 1000)} ms)")
         refresh = self._refresh_token() if uses_refresh_token(self.spec) else None
-        self.budget.spend(now)
-        self.requests += 1
-        self._keepalive()
         try:
-            answer = self._fetch_token(refresh)
-        finally:
-            self._keepalive()
+            answer = self._ask(now, refresh)
+        except FatalError:
+            # Another process (`idle-supervisor check`, a restarted instance) may have rotated the
+            # refresh token meanwhile, and the identity provider refuses the one we hold: try the
+            # stored one, once, before calling the grant dead.
+            newer = self._stored_if_newer(refresh)
+            if newer is None or not self.budget.available(self.clock()):
+                raise
+            self._refresh = refresh = newer
+            answer = self._ask(self.clock(), refresh)
         if answer.refresh_token is not None and answer.refresh_token != refresh:
             self._rotate(answer.refresh_token)
         self.token = AccessToken(answer.access_token, self.clock(), answer.lifetime)
         self.fetched_now = True
         return self.token
+
+    def _ask(self, now: float, refresh: Secret | None) -> TokenResponse:
+        self.budget.spend(now)
+        self.requests += 1
+        self._keepalive()
+        try:
+            return self._fetch_token(refresh)
+        finally:
+            self._keepalive()
+
+    def _stored_if_newer(self, refresh: Secret | None) -> Secret | None:
+        if refresh is None or self._unsaved is not None:
+            return None
+        try:
+            stored = self.store().load(self.spec.id)
+        except StoreError:
+            return None
+        configured = self.spec.oauth.refresh_token if self.spec.oauth else None
+        if stored is None or stored.seed_hash != seed_hash(configured) or stored.refresh_token == refresh:
+            return None
+        return stored.refresh_token
 
     def _refresh_token(self) -> Secret | None:
         """The refresh token to use: stored (same seed) over configured, loaded once."""
