@@ -37,6 +37,7 @@ from supervisor.pidfile import PidFile
 from supervisor.reconcile import TenantReconciler
 from supervisor.reporting import StatusReporter
 from supervisor.tenants import RestartPolicy, State, StopReason, TenantRecord
+from tenant_proc import signin
 from tenant_proc.connect import preload_ssl_contexts
 from tenant_proc.handler_loader import HandlerError, resolve_target
 
@@ -327,6 +328,7 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
             return
         due.sort(key=lambda r: r.next_start_at or 0.0)
         preload_ssl_contexts(r.spec for r in due[:START_BATCH] if r.spec is not None)
+        signin.preload(r.spec for r in due[:START_BATCH] if r.spec is not None)
         gc.collect()
         gc.freeze()  # keep the parent's objects out of the children's GC: pages stay shared
         for record in due[:START_BATCH]:

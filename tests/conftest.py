@@ -131,3 +131,23 @@ def postgrest(pg_db: PostgresDatabase) -> Iterator[PostgrestServer]:
 def supabase_env(postgrest: PostgrestServer) -> dict[str, str]:
     """The two variables a deployment sets, pointing at the test server."""
     return {"SUPABASE_URL": postgrest.url, "SUPABASE_SERVICE_ROLE_KEY": SUPABASE_SERVICE_KEY}
+
+
+# --- OAuth identity-provider stand-in fixtures (tests/idp.py) ---
+from tests.idp import IdentityProvider  # noqa: E402
+
+
+@pytest.fixture
+def idp() -> Iterator[IdentityProvider]:
+    """A running token endpoint + introspection stand-in on plain http (loopback); 60 s tokens."""
+    with IdentityProvider(token_lifetime=60) as server:
+        yield server
+
+
+@pytest.fixture
+def oauth_dovecot(tmp_path: Path, certs: CertPaths, idp: IdentityProvider) -> Iterator[Dovecot]:
+    """A running Dovecot that also takes XOAUTH2/OAUTHBEARER, checking tokens at `idp`."""
+    server = Dovecot(tmp_path / "dovecot", users=dict(DEFAULT_USERS),
+                     oauth2_introspection_url=idp.introspection_url)
+    with server:
+        yield server

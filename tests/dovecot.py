@@ -138,12 +138,16 @@ class Dovecot:
         trusted_cert: bool = True,
         no_idle_address: str | None = "127.0.0.2",
         auth_penalty: bool = False,
+        oauth2_introspection_url: str | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.users: dict[str, str] = dict(users or {})
         self.trusted_cert = trusted_cert
         self.no_idle_address = no_idle_address
         self.auth_penalty = auth_penalty  # see _penalty_listener()
+        # Set: XOAUTH2/OAUTHBEARER logins are checked by POSTing the token to this URL
+        # (tests/idp.py answers it); see _oauth2_passdb().
+        self.oauth2_introspection_url = oauth2_introspection_url
         self.certs: CertPaths = session_certs()
         self.ca_file: Path = self.certs.ca_cert
         self.is_root = os.geteuid() == 0
@@ -160,6 +164,7 @@ class Dovecot:
         # Removed when this object is collected or at exit; mail survives restart().
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.runtime_dir, ignore_errors=True)
         self.passwd_path = self.runtime_dir / "passwd"
+        self.oauth2_conf_path = self.runtime_dir / "dovecot-oauth2.conf.ext"
         self.base_dir = self.runtime_dir / "run"
         self.state_dir = self.runtime_dir / "state"
         self.mail_dir = self.runtime_dir / "mail"
@@ -351,13 +356,16 @@ class Dovecot:
             "mailbox_idle_check_interval = 1 secs",
             f"default_client_limit = {LIMIT}",
             f"default_process_limit = {LIMIT}",
+            *self._oauth2_mechanisms(),
             "passdb {",
             "  driver = passwd-file",
             f"  args = scheme=PLAIN {self.passwd_path}",
+            *self._password_mechanisms(),
             "}",
+            *self._oauth2_passdb(),
             "userdb {",
             "  driver = static",
-            f"  args = uid={mail_uid} gid={mail_gid} home={self.mail_dir}/%u",
+            f"  args = uid={mail_uid} gid={mail_gid} home={self.mail_dir}/%u{self._all_users()}",
             "}",
             "protocol imap {",
             f"  mail_max_userip_connections = {USERIP_CONNECTIONS}",
@@ -397,6 +405,37 @@ class Dovecot:
                 "}",
             ]
         return "\n".join(line for line in lines if line) + "\n"
+
+    def _oauth2_mechanisms(self) -> list[str]:
+        if not self.oauth2_introspection_url:
+            return []
+        return ["auth_mechanisms = plain login xoauth2 oauthbearer"]
+
+    def _password_mechanisms(self) -> list[str]:
+        # Without this every OAuth login is first tried as a password ("Password mismatch").
+        return ["  mechanisms = plain login"] if self.oauth2_introspection_url else []
+
+    def _all_users(self) -> str:
+        # The oauth2 passdb cannot look users up, so `doveadm save/kick -u MAILBOX` would fail
+        # with "Auth USER lookup failed" unless the static userdb takes every name by itself.
+        return " allow_all_users=yes" if self.oauth2_introspection_url else ""
+
+    def _oauth2_passdb(self) -> list[str]:
+        """The oauth2 passdb (DESIGN-NOTES 9): the token is POSTed as `token=...`; the answer's
+        `username` must equal the SASL user. The static userdb takes any mailbox name."""
+        if not self.oauth2_introspection_url:
+            return []
+        self.oauth2_conf_path.write_text(
+            "introspection_mode = post\n"
+            f"introspection_url = {self.oauth2_introspection_url}\n"
+            "username_attribute = username\n"
+            "active_attribute = active\n"
+            "active_value = true\n"
+            "timeout_msecs = 10000\n"
+        )
+        self.oauth2_conf_path.chmod(0o644)  # read by the auth process (user dovecot under root)
+        return ["passdb {", "  driver = oauth2", "  mechanisms = xoauth2 oauthbearer",
+                f"  args = {self.oauth2_conf_path}", "}"]
 
     def _penalty_listener(self) -> list[str]:
         """Switch off the auth penalty unless asked for.
