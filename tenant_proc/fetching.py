@@ -33,11 +33,13 @@ HEADER_ITEMS = ["BODY.PEEK[HEADER]", "INTERNALDATE", "RFC822.SIZE"]
 
 class FetchBroken(Exception):
     """The connection is unusable after a FETCH of these UIDs (BYE, EOF, timeout, an answer
-    imaplib could not even read). The session reconnects."""
+    imaplib could not even read). `partial` holds what earlier commands brought; the session
+    reconnects."""
 
     def __init__(self, uids: list[int], cause: BaseException) -> None:
         super().__init__(f"FETCH of {_uid_list(uids)} broke the connection: {_one_line(cause)}")
         self.uids = uids
+        self.partial = Fetched()
 
 
 @dataclass
@@ -62,13 +64,20 @@ def fetch_bodies(
 ) -> Fetched:
     """Bodies with BODY.PEEK (never sets \\Seen); headers only for emails above limit."""
     result = Fetched()
-    small = [u for u in uids if sizes[u] <= limit]
-    large = [u for u in uids if sizes[u] > limit]
-    for group, items in ((small, BODY_ITEMS), (large, HEADER_ITEMS)):
-        for part in ([[u] for u in group] if singly else [group] if group else []):
+    if singly:  # in UID order, so a break names the first email not handled yet
+        parts = [([u], BODY_ITEMS if sizes[u] <= limit else HEADER_ITEMS) for u in uids]
+    else:
+        small = [u for u in uids if sizes[u] <= limit]
+        large = [u for u in uids if sizes[u] > limit]
+        parts = [(group, items) for group, items in ((small, BODY_ITEMS), (large, HEADER_ITEMS)) if group]
+    for part, items in parts:
+        try:
             _fetch_group(client, part, items, result)
-            if result.busy is not None:
-                return result
+        except FetchBroken as exc:
+            exc.partial = result
+            raise
+        if result.busy is not None:
+            return result
     return result
 
 

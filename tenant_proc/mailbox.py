@@ -119,7 +119,15 @@ class Mailbox:
         # then for a CPU again.
         imap = self.spec.imap
         prefetch = min(PREFETCH_BYTES, imap.max_message_bytes)
-        sizes, early = survey(client, self.checkpoint.last_uid, prefetch, on_sent)
+        last = self.checkpoint.last_uid
+        if last + 1 <= self.fetch_singly_until:
+            prefetch = 0  # the last survey broke the connection: the prefetch may be why
+        try:
+            sizes, early = survey(client, last, prefetch, on_sent)
+        except Exception as exc:
+            if connection_broken(exc):
+                self.fetch_singly_until = max(self.fetch_singly_until, last + 1)
+            raise
         uids = sorted(sizes)
         if not uids:
             self._clear_retry()
@@ -140,15 +148,12 @@ class Mailbox:
         if self._retry_pending(batch[0]):
             return False
         limit = self.spec.imap.max_message_bytes
+        broken: FetchBroken | None = None
         try:
             fetched = fetch_bodies(client, [u for u in batch if u not in early], sizes, limit,
                                    singly=batch[0] <= self.fetch_singly_until)
-        except FetchBroken as exc:
-            if len(exc.uids) == 1:
-                self._attempt_failed(exc.uids[0], None, str(exc), notice)
-            else:
-                self.fetch_singly_until = max(self.fetch_singly_until, max(exc.uids))
-            raise ConnectionLost(str(exc)) from None
+        except FetchBroken as exc:  # handle what came before the break, then blame or narrow
+            broken, fetched = exc, exc.partial
         messages = {**early, **fetched.messages}
         for uid in batch:
             self.control.check()
@@ -158,6 +163,8 @@ class Mailbox:
                 done = self._attempt_failed(uid, None, fetched.refused[uid], notice)
             elif uid in messages:
                 done = self._handle(uid, messages[uid], notice, truncated=sizes[uid] > limit)
+            elif broken is not None:
+                self._connection_broke(uid, broken, notice)
             elif fetched.busy is not None:
                 return self._server_busy(uid, *fetched.busy)
             else:
@@ -165,6 +172,15 @@ class Mailbox:
             if not done:
                 return False
         return True
+
+    def _connection_broke(self, uid: int, broken: FetchBroken, notice: Notice) -> None:
+        """The first UID without an answer when the FETCH broke the connection: its attempt if
+        it was fetched alone, else fetch one at a time after the reconnect. Always raises."""
+        if broken.uids == [uid]:
+            self._attempt_failed(uid, None, str(broken), notice)
+        else:
+            self.fetch_singly_until = max(self.fetch_singly_until, *broken.uids)
+        raise ConnectionLost(str(broken))
 
     def _retry_pending(self, uid: int) -> bool:
         return self.retry_uid == uid and self.retry_at is not None and time.monotonic() < self.retry_at
