@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from imapclient import IMAPClient
 
@@ -173,11 +173,11 @@ class Mailbox:
                 return False
         return True
 
-    def _connection_broke(self, uid: int, broken: FetchBroken, notice: Notice) -> None:
+    def _connection_broke(self, uid: int, broken: FetchBroken, notice: Notice) -> NoReturn:
         """The first UID without an answer when the FETCH broke the connection: its attempt if
         it was fetched alone, else fetch one at a time after the reconnect. Always raises."""
-        if broken.uids == [uid]:
-            self._attempt_failed(uid, None, str(broken), notice)
+        if broken.uids == [uid]:  # the reconnect's backoff paces the next try, not retry_interval
+            self._attempt_failed(uid, None, str(broken), notice, wait=False)
         else:
             self.fetch_singly_until = max(self.fetch_singly_until, *broken.uids)
         raise ConnectionLost(str(broken))
@@ -290,7 +290,8 @@ class Mailbox:
         return ("processed" if done else None), 0
 
     def _attempt_failed(
-        self, uid: int, message_id: str | None, error: str, notice: Notice, what: str = "fetch"
+        self, uid: int, message_id: str | None, error: str, notice: Notice, what: str = "fetch",
+        wait: bool = True,
     ) -> bool:
         """One failed attempt at this UID (the handler raised, or the server would not give the
         email): retried after retry_interval, given up after max_attempts."""
@@ -305,8 +306,9 @@ class Mailbox:
         )
         self.control.last_error = f"{what}: {error}"[:200]
         if attempts < spec.imap.max_attempts:
-            self.retry_uid = uid
-            self.retry_at = time.monotonic() + spec.imap.retry_interval
+            if wait:
+                self.retry_uid = uid
+                self.retry_at = time.monotonic() + spec.imap.retry_interval
             return False
         return self._give_up(uid, message_id, attempts, error, notice)
 
