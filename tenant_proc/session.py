@@ -15,10 +15,10 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from imapclient.imapclient import _parse_untagged_response
 
+from tenant_proc.beating_io import beat_while_reading
 from tenant_proc.connect import (
     SECURITY_LABELS, ConnectionLost, FatalError, login, open_client, suggested_backoff,
 )
-from tenant_proc.beating_io import beat_while_reading
 from tenant_proc.control import Control, StopRequested, readable_fds
 from tenant_proc.login_budget import LoginBudget
 from tenant_proc.mailbox import Mailbox, Notice
