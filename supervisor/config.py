@@ -23,6 +23,7 @@ from tenant_proc.spec import (
     ImapSettings,
     Secret,
     StateSpec,
+    UIDVALIDITY_MODES,
 )
 
 @dataclass(frozen=True)
@@ -153,6 +154,10 @@ def _validate_imap(s: ImapSettings) -> None:
         raise ConfigError("[imap] idle_timeout and poll_interval must be above 0")
     if s.batch_size < 1 or s.max_attempts < 1:
         raise ConfigError("[imap] batch_size and max_attempts must be at least 1")
+    if s.on_uidvalidity_change not in UIDVALIDITY_MODES:
+        raise ConfigError(f"[imap] on_uidvalidity_change must be one of {', '.join(UIDVALIDITY_MODES)}")
+    if s.max_batch_bytes < 1:
+        raise ConfigError("[imap] max_batch_bytes must be at least 1")
 
 
 SUPABASE_HANDLER = "tenant_proc.handlers:supabase_insert"

@@ -11,12 +11,13 @@ import os
 import re
 import socket
 import ssl
-from typing import Iterable
+from typing import Callable, Iterable
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import CapabilityError
 
 from tenant_proc import imap_tags  # noqa: F401  (before any IMAPClient: see the module)
+from tenant_proc.dial import dial
 from tenant_proc.spec import TenantSpec
 
 SECURITY_LABELS = {"tls": "TLS", "starttls": "STARTTLS", "plain": "plain text"}
@@ -76,8 +77,11 @@ def preload_ssl_contexts(specs: Iterable[TenantSpec]) -> None:
                 pass  # the tenant reports the problem itself, as one clear line
 
 
-def open_client(spec: TenantSpec) -> IMAPClient:
-    """Connect and secure (TLS or STARTTLS, certificate and host name verified); no login yet."""
+def open_client(spec: TenantSpec, keepalive: Callable[[], None] | None = None) -> IMAPClient:
+    """Connect and secure (TLS or STARTTLS, certificate and host name verified); no login yet.
+
+    DNS, TCP, TLS and the greeting are bounded by connect_timeout (tenant_proc/dial.py);
+    keepalive runs while the lookup is waited for."""
     check_policy(spec)
     try:
         context = ssl_context(spec.ca_file) if spec.security != "plain" else None
@@ -85,8 +89,7 @@ def open_client(spec: TenantSpec) -> IMAPClient:
         raise FatalError("config", f"cannot load ca_file {spec.ca_file}: {exc}") from None
     timeout = SocketTimeout(connect=spec.imap.connect_timeout, read=spec.imap.command_timeout)
     try:
-        client = IMAPClient(spec.host, spec.port, ssl=spec.security == "tls",
-                            ssl_context=context, timeout=timeout)
+        client = dial(spec.host, spec.port, spec.security == "tls", context, timeout, keepalive)
         if spec.security == "starttls":
             try:
                 client.starttls(context)

@@ -10,17 +10,20 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, NoReturn
 
 from imapclient import IMAPClient
-from imapclient.response_parser import parse_fetch_response
 
 from ipc import protocol
+from tenant_proc.connect import ConnectionLost
 from tenant_proc.control import Control
+from tenant_proc.fetching import FetchBroken, batches, connection_broken, fetch_bodies, survey
 from tenant_proc.handler_loader import LoadedHandler
 from tenant_proc.message import Envelope, parse_email
 from tenant_proc.spec import TenantSpec
+from tenant_proc.store import DONE_STATUSES
 from tenant_proc.store_api import Checkpoint, StateStore
+from tenant_proc.uidvalidity import restart_point
 
 # The next UID's first bytes ride along with the size FETCH (never more than max_message_bytes):
 # most email is smaller, and is then handled after one round trip instead of two.
@@ -52,28 +55,43 @@ class Mailbox:
         self.checkpoint: Checkpoint | None = None
         self.retry_uid: int | None = None
         self.retry_at: float | None = None  # monotonic; None when nothing waits for a retry
+        # Bumped whenever the checkpoint moves or a catch-up finds nothing left to do: the
+        # session resets its reconnect backoff only after progress, not after a mere LOGIN.
+        self.progress = 0
+        # A FETCH of several UIDs broke the connection: up to this UID, fetch one at a time so
+        # the next breakage names its email (and counts as that email's attempt).
+        self.fetch_singly_until = 0
+        # After a UIDVALIDITY change: UIDs up to this are checked against the ledger by
+        # Message-ID (uidvalidity.py). Stored where the backend can, else for this process.
+        self.dedupe_until: int | None = None
 
     # -- checkpoint ----------------------------------------------------------------------
 
     def sync_checkpoint(self, client: IMAPClient, select_info: dict[bytes, Any]) -> Checkpoint:
         """Load the checkpoint, or create it on first start / after a UIDVALIDITY change."""
+        spec = self.spec
         uidvalidity = int(select_info[b"UIDVALIDITY"])
-        saved = self.store.load_checkpoint(self.spec.id, self.spec.folder)
+        saved = self.store.load_checkpoint(spec.id, spec.folder)
         if saved is not None and saved.uidvalidity == uidvalidity:
             self.checkpoint = saved
+            load = getattr(self.store, "load_reprocess_until", None)
+            if load is not None:
+                self.dedupe_until = load(spec.id, spec.folder, uidvalidity)
             return saved
-        uidnext = _uidnext(client, self.spec.folder, select_info)
+        uidnext = _uidnext(client, spec.folder, select_info)
+        self.dedupe_until = None
         if saved is not None:
-            self.log.warning(
-                "UIDVALIDITY of %s changed from %d to %d: restarting from UID %d",
-                self.spec.folder, saved.uidvalidity, uidvalidity, uidnext,
-            )
-            start = uidnext - 1
+            start, self.dedupe_until = restart_point(
+                client, spec, self.store, saved, uidvalidity, uidnext, self.log)
         else:
             start = self._first_start(client, uidnext)
         self.checkpoint = Checkpoint(uidvalidity, start)
-        self.store.save_checkpoint(self.spec.id, self.spec.folder, self.checkpoint)
+        save = getattr(self.store, "save_reprocess_until", None)
+        if self.dedupe_until is not None and save is not None:
+            save(spec.id, spec.folder, uidvalidity, self.dedupe_until)
+        self.store.save_checkpoint(spec.id, spec.folder, self.checkpoint)
         self._clear_retry()
+        self.fetch_singly_until = 0
         return self.checkpoint
 
     def _first_start(self, client: IMAPClient, uidnext: int) -> int:
@@ -99,60 +117,110 @@ class Mailbox:
         # One round trip finds the new UIDs and their sizes (no UID SEARCH first) and, usually,
         # brings the next email along: under load every round trip waits for the server and
         # then for a CPU again.
-        prefetch = min(PREFETCH_BYTES, self.spec.imap.max_message_bytes)
-        sizes, early = _survey(client, self.checkpoint.last_uid, prefetch, on_sent)
+        imap = self.spec.imap
+        prefetch = min(PREFETCH_BYTES, imap.max_message_bytes)
+        last = self.checkpoint.last_uid
+        if last + 1 <= self.fetch_singly_until:
+            prefetch = 0  # the last survey broke the connection: the prefetch may be why
+        try:
+            sizes, early = survey(client, last, prefetch, on_sent)
+        except Exception as exc:
+            if connection_broken(exc):
+                self.fetch_singly_until = max(self.fetch_singly_until, last + 1)
+            raise
         uids = sorted(sizes)
         if not uids:
             self._clear_retry()
+            self.progress += 1
             return
         self.control.set_state("processing")
-        for batch in _chunks(uids, self.spec.imap.batch_size):
+        for batch in batches(uids, sizes, imap.batch_size, imap.max_batch_bytes, imap.max_message_bytes):
             if not self._process_batch(client, batch, sizes, early, notice):
                 return
             early = {}
+        self.progress += 1
 
     def _process_batch(
         self, client: IMAPClient, batch: list[int], sizes: dict[int, int],
         early: dict[int, dict[bytes, Any]], notice: Notice,
     ) -> bool:
         """False when a retry is pending: later UIDs wait so the checkpoint never skips one."""
-        messages = dict(early)
-        messages.update(self._fetch(client, [u for u in batch if u not in early], sizes))
+        if self._retry_pending(batch[0]):
+            return False
+        limit = self.spec.imap.max_message_bytes
+        broken: FetchBroken | None = None
+        try:
+            fetched = fetch_bodies(client, [u for u in batch if u not in early], sizes, limit,
+                                   singly=batch[0] <= self.fetch_singly_until)
+        except FetchBroken as exc:  # handle what came before the break, then blame or narrow
+            broken, fetched = exc, exc.partial
+        messages = {**early, **fetched.messages}
         for uid in batch:
             self.control.check()
-            if self.retry_uid == uid and self.retry_at is not None and time.monotonic() < self.retry_at:
+            if self._retry_pending(uid):
                 return False
-            data = messages.get(uid)
-            if data is None:
-                self.log.debug("uid %d vanished before FETCH; skipping it", uid)
-                self._advance(uid)
-                continue
-            if not self._handle(uid, data, notice):
+            if uid in fetched.refused:
+                done = self._attempt_failed(uid, None, fetched.refused[uid], notice)
+            elif uid in messages:
+                done = self._handle(uid, messages[uid], notice, truncated=sizes[uid] > limit)
+            elif broken is not None:
+                self._connection_broke(uid, broken, notice)
+            elif fetched.busy is not None:
+                return self._server_busy(uid, *fetched.busy)
+            else:
+                done = self._missing(client, uid, notice)
+            if not done:
                 return False
         return True
 
-    def _fetch(
-        self, client: IMAPClient, batch: list[int], sizes: dict[int, int]
-    ) -> dict[int, dict[bytes, Any]]:
-        """Bodies with BODY.PEEK (never sets \\Seen); headers only for oversized messages."""
-        limit = self.spec.imap.max_message_bytes
-        small = [u for u in batch if sizes[u] <= limit]
-        large = [u for u in batch if sizes[u] > limit]
-        messages: dict[int, dict[bytes, Any]] = {}
-        if small:
-            messages.update(client.fetch(small, ["BODY.PEEK[]", "INTERNALDATE", "RFC822.SIZE"]))
-        if large:
-            messages.update(
-                client.fetch(large, ["BODY.PEEK[HEADER]", "INTERNALDATE", "RFC822.SIZE"])
-            )
-        return messages
+    def _connection_broke(self, uid: int, broken: FetchBroken, notice: Notice) -> NoReturn:
+        """The first UID without an answer when the FETCH broke the connection: its attempt if
+        it was fetched alone, else fetch one at a time after the reconnect. Always raises."""
+        if broken.uids == [uid]:  # the reconnect's backoff paces the next try, not retry_interval
+            self._attempt_failed(uid, None, str(broken), notice, wait=False)
+        else:
+            self.fetch_singly_until = max(self.fetch_singly_until, *broken.uids)
+        raise ConnectionLost(str(broken))
 
-    def _handle(self, uid: int, data: dict[bytes, Any], notice: Notice) -> bool:
+    def _retry_pending(self, uid: int) -> bool:
+        return self.retry_uid == uid and self.retry_at is not None and time.monotonic() < self.retry_at
+
+    def _server_busy(self, uid: int, error: str, asked: float | None) -> bool:
+        """Throttled or unavailable: not the email's fault, so no attempt is counted; wait what
+        the server asked (else retry_interval) and fetch it again."""
+        delay = asked if asked is not None else self.spec.imap.retry_interval
+        self.log.warning("server busy fetching uid %d: %s; fetching again in %.1fs", uid, error, delay)
+        self.control.last_error = f"server busy: {error}"[:200]
+        self.retry_uid, self.retry_at = uid, time.monotonic() + delay
+        return False
+
+    def _missing(self, client: IMAPClient, uid: int, notice: Notice) -> bool:
+        """The FETCH answer left this UID out: expunged meanwhile, or the server misbehaves."""
+        try:
+            still_there = uid in client.search(["UID", str(uid)])
+        except Exception as exc:
+            if connection_broken(exc):
+                raise
+            still_there, why = True, f"; UID SEARCH failed: {exc}"
+        else:
+            why = ""
+        if still_there:
+            return self._attempt_failed(
+                uid, None, f"the server answered the FETCH without this UID{why}"[:500], notice)
+        spec = self.spec
+        assert self.checkpoint is not None
+        self.store.mark_done(spec.id, spec.folder, self.checkpoint.uidvalidity, uid, None, "expunged")
+        self._advance(uid, persist=False)
+        self.log.info("uid %d was expunged before it could be fetched", uid)
+        self.control.send(protocol.processed(uid, self.checkpoint.uidvalidity, None, "expunged", None))
+        return True
+
+    def _handle(self, uid: int, data: dict[bytes, Any], notice: Notice, truncated: bool = False) -> bool:
         spec = self.spec
         assert self.checkpoint is not None
         uidvalidity = self.checkpoint.uidvalidity
         previous, attempts = self._begin_attempt(uidvalidity, uid)
-        if previous in ("processed", "failed"):
+        if previous in DONE_STATUSES:
             self._advance(uid)  # finished before a crash the backend could not make atomic
             return True
         redelivered = previous == "handling"
@@ -161,8 +229,10 @@ class Mailbox:
             self.log.warning("uid %d: %s; handing it over again as redelivered", uid, error)
             if attempts >= spec.imap.max_attempts:
                 return self._give_up(uid, None, attempts, error, notice)
-        truncated = b"BODY[]" not in data
-        raw = data.get(b"BODY[]") if not truncated else data.get(b"BODY[HEADER]")
+        part = b"BODY[HEADER]" if truncated else b"BODY[]"
+        raw = data.get(part)
+        if not isinstance(raw, bytes):  # never an empty email "truncated" by the server's silence
+            return self._attempt_failed(uid, None, f"the server answered without {part.decode()}", notice)
         envelope = Envelope(
             tenant_id=spec.id, folder=spec.folder, uid=uid, uidvalidity=uidvalidity,
             size=int(data.get(b"RFC822.SIZE", 0)), received_at=_epoch(data.get(b"INTERNALDATE")),
@@ -172,17 +242,42 @@ class Mailbox:
         try:
             # Parsing sits inside the try too: a parser bug on one email must count as a
             # failed attempt (and end as "failed"), not crash the process on every restart.
-            email = parse_email(raw or b"", envelope)
+            email = parse_email(raw, envelope)
             message_id = email.message_id
+            if self._already_handled(uid, message_id):
+                return self._duplicate(uid, message_id, notice)
             self.handler(email)
         except Exception as exc:
-            return self._handler_failed(uid, message_id, exc, notice)
+            return self._attempt_failed(uid, message_id, f"{type(exc).__name__}: {exc}", notice, "handler")
         latency = time.monotonic() - notice.mono
         self.store.mark_done(spec.id, spec.folder, uidvalidity, uid, email.message_id, "processed")
         self._advance(uid, persist=False)
         self.control.counters["processed"] += 1
         self.log.info("processed uid %d %s in %.3fs", uid, email.message_id, latency)
         self.control.send(protocol.processed(uid, uidvalidity, email.message_id, "processed", latency))
+        return True
+
+    def _already_handled(self, uid: int, message_id: str | None) -> bool:
+        """Message-ID deduplication: within [imap] dedupe_window, and for the UIDs a
+        UIDVALIDITY change renumbered (against what the old UIDVALIDITY handled)."""
+        lookup = getattr(self.store, "handled_message_id", None)
+        if not message_id or lookup is None:
+            return False
+        assert self.checkpoint is not None
+        window = self.spec.imap.dedupe_window
+        if window > 0 and lookup(self.spec.id, message_id, since=time.time() - window):
+            return True
+        return (self.dedupe_until is not None and uid <= self.dedupe_until
+                and lookup(self.spec.id, message_id, not_uidvalidity=self.checkpoint.uidvalidity))
+
+    def _duplicate(self, uid: int, message_id: str, notice: Notice) -> bool:
+        spec = self.spec
+        assert self.checkpoint is not None
+        self.store.mark_done(spec.id, spec.folder, self.checkpoint.uidvalidity, uid, message_id, "duplicate")
+        self._advance(uid, persist=False)
+        self.log.info("uid %d %s: already handled, recorded as duplicate", uid, message_id)
+        self.control.send(protocol.processed(uid, self.checkpoint.uidvalidity, message_id, "duplicate",
+                                             time.monotonic() - notice.mono))
         return True
 
     def _begin_attempt(self, uidvalidity: int, uid: int) -> tuple[str | None, int]:
@@ -194,20 +289,26 @@ class Mailbox:
         done = self.store.is_done(spec.id, spec.folder, uidvalidity, uid)
         return ("processed" if done else None), 0
 
-    def _handler_failed(self, uid: int, message_id: str | None, exc: Exception, notice: Notice) -> bool:
+    def _attempt_failed(
+        self, uid: int, message_id: str | None, error: str, notice: Notice, what: str = "fetch",
+        wait: bool = True,
+    ) -> bool:
+        """One failed attempt at this UID (the handler raised, or the server would not give the
+        email): retried after retry_interval, given up after max_attempts."""
         spec = self.spec
         assert self.checkpoint is not None
-        error = f"{type(exc).__name__}: {exc}"[:500]
+        error = error[:500]
         attempts = self.store.record_attempt_failure(
             spec.id, spec.folder, self.checkpoint.uidvalidity, uid, message_id, error
         )
         self.log.warning(
-            "handler failed on uid %d (attempt %d/%d): %s", uid, attempts, spec.imap.max_attempts, error
+            "%s failed on uid %d (attempt %d/%d): %s", what, uid, attempts, spec.imap.max_attempts, error
         )
-        self.control.last_error = f"handler: {error}"[:200]
+        self.control.last_error = f"{what}: {error}"[:200]
         if attempts < spec.imap.max_attempts:
-            self.retry_uid = uid
-            self.retry_at = time.monotonic() + spec.imap.retry_interval
+            if wait:
+                self.retry_uid = uid
+                self.retry_at = time.monotonic() + spec.imap.retry_interval
             return False
         return self._give_up(uid, message_id, attempts, error, notice)
 
@@ -232,6 +333,7 @@ class Mailbox:
         assert self.checkpoint is not None
         if uid > self.checkpoint.last_uid:
             self.checkpoint = Checkpoint(self.checkpoint.uidvalidity, uid)
+            self.progress += 1
             if persist:
                 self.store.save_checkpoint(self.spec.id, self.spec.folder, self.checkpoint)
         if self.retry_uid is not None and uid >= self.retry_uid:
@@ -240,54 +342,6 @@ class Mailbox:
     def _clear_retry(self) -> None:
         self.retry_uid = None
         self.retry_at = None
-
-
-def _survey(
-    client: IMAPClient, last_uid: int, prefetch: int, on_sent: Callable[[], None] | None = None
-) -> tuple[dict[int, int], dict[int, dict[bytes, Any]]]:
-    """Sizes of every message above last_uid, and the next UID's email if it is small.
-
-    Two pipelined commands, one round trip:
-      UID FETCH last+1:* (RFC822.SIZE)
-      UID FETCH last+1 (BODY.PEEK[]<0.prefetch> INTERNALDATE RFC822.SIZE)
-    New mail almost always gets UID last+1. The second command asks for at most prefetch
-    bytes (<= max_message_bytes): if fewer came back, that is the whole email and needs no
-    further FETCH; if not, it is dropped and the email fetched as usual (whole, or headers
-    only when oversized). Returns ({uid: size}, {uid: fetch data with b"BODY[]"}).
-
-    imapclient's fetch() cannot send a range with "*" nor pipeline, hence imaplib's command
-    and response halves. "n:*" always includes the highest UID even when it is below n, and
-    unsolicited FETCH responses (flag changes, keyed by sequence number) may be mixed in:
-    keep only UIDs above last_uid that came with a size. Both commands' answers are parsed
-    together: a server may interleave them, every line names its UID.
-    """
-    imap = client._imap
-    tags = [imap._command("UID", "FETCH", f"{last_uid + 1}:*", "(RFC822.SIZE)")]
-    if prefetch > 0:
-        tags.append(imap._command(
-            "UID", "FETCH", str(last_uid + 1), f"(BODY.PEEK[]<0.{prefetch}> INTERNALDATE RFC822.SIZE)"
-        ))
-    if on_sent is not None:
-        on_sent()
-    for tag in tags:
-        typ, data = imap._command_complete("FETCH", tag)
-        client._checkok("fetch", typ, data)
-    typ, data = imap._untagged_response(typ, data, "FETCH")
-    client._checkok("fetch", typ, data)
-    response = parse_fetch_response(data, client.normalise_times, True)
-    sizes = {
-        uid: int(item[b"RFC822.SIZE"])
-        for uid, item in response.items()
-        if uid > last_uid and b"RFC822.SIZE" in item
-    }
-    early: dict[int, dict[bytes, Any]] = {}
-    item = response.get(last_uid + 1)
-    head = item.get(b"BODY[]<0>") if item is not None and last_uid + 1 in sizes else None
-    # Shorter than asked: that is all of it (and the server's size agrees it is small).
-    if isinstance(head, bytes) and len(head) < prefetch and sizes[last_uid + 1] < prefetch:
-        early[last_uid + 1] = {b"BODY[]": head, b"INTERNALDATE": item.get(b"INTERNALDATE"),
-                               b"RFC822.SIZE": sizes[last_uid + 1]}
-    return sizes, early
 
 
 def _uidnext(client: IMAPClient, folder: str, select_info: dict[bytes, Any]) -> int:
@@ -300,9 +354,3 @@ def _epoch(value: Any) -> float:
     if isinstance(value, datetime):
         return value.timestamp()
     return 0.0
-
-
-def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
-    size = max(size, 1)
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -15,15 +15,18 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from imapclient.imapclient import _parse_untagged_response
 
+from tenant_proc.beating_io import beat_while_reading
 from tenant_proc.connect import (
     SECURITY_LABELS, ConnectionLost, FatalError, login, open_client, suggested_backoff,
 )
 from tenant_proc.control import Control, StopRequested, readable_fds
+from tenant_proc.login_budget import LoginBudget
 from tenant_proc.mailbox import Mailbox, Notice
 from tenant_proc.signin.errors import raise_if_mailbox_refused
 from tenant_proc.memory import return_free_memory
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store_api import LeaseLost, StoreError
+from tenant_proc.uidvalidity import changed_on_server
 
 BACKOFF_START = 1.0
 PROBE_TIMEOUT = 15.0  # a live server answers DONE in milliseconds
@@ -43,14 +46,15 @@ class Session:
         self.idling = False
         self.next_reconcile = 0.0
         self._done_at_last_rest = -1  # -1: the first rest, after connecting, trims too
+        self.logins = LoginBudget(spec.imap.max_logins_per_hour)
 
     def run(self) -> None:
         """Serve until asked to stop (returns) or a FatalError (raised)."""
         backoff = BACKOFF_START
         while True:
+            progress = self.mailbox.progress
             try:
                 self._connect()
-                backoff = BACKOFF_START
                 self._serve()
             except StopRequested:
                 self._logout()
@@ -63,6 +67,10 @@ class Session:
                 raise
             except RECONNECT_ERRORS as exc:
                 self._drop()
+                # Only a catch-up that got somewhere earns a fresh backoff: a server that lets
+                # us log in and then fails every session must not be re-entered once a second.
+                if self.mailbox.progress != progress:
+                    backoff = BACKOFF_START
                 try:
                     self._back_off(exc, reconnect_delay(backoff, exc))
                 except StopRequested:
@@ -83,15 +91,30 @@ class Session:
 
     def _connect(self) -> None:
         spec = self.spec
+        self._within_login_budget()
         self.control.set_state("connecting")
-        self.client = client = open_client(spec)
+        self.client = client = open_client(spec, keepalive=self.control.heartbeat_if_due)
+        beat_while_reading(client, self.control.heartbeat_if_due)
         self.control.server_spoke()
         self.log.info("connected to %s:%d (%s)", spec.host, spec.port, SECURITY_LABELS[spec.security])
+        self.logins.spend()
         login(client, spec)
         self.control.counters["logins"] += 1
         select_info = self._select(client)
         self.control.last_error = None
         self.mailbox.sync_checkpoint(client, select_info)
+
+    def _within_login_budget(self) -> None:
+        """Wait (in BACKOFF) until a login fits [imap] max_logins_per_hour."""
+        wait = self.logins.wait_needed()
+        if wait <= 0:
+            return
+        control = self.control
+        control.last_error = (f"login budget: {self.spec.imap.max_logins_per_hour} logins in the "
+                              f"last hour; next in {wait:.0f}s")
+        self.log.warning("%s", control.last_error)
+        control.set_state("backoff")
+        control.sleep(wait)
 
     def _select(self, client: IMAPClient) -> dict[bytes, Any]:
         # EXAMINE (read-only): processing mail can never change its flags.
@@ -144,14 +167,18 @@ class Session:
             if time.monotonic() < wake:
                 continue
             self.client.noop()
+            if time.monotonic() >= self.next_reconcile:
+                self._check_uidvalidity()
             self._catch_up(Notice.now())
             next_poll = next_poll_at(next_poll, time.monotonic(), interval)
 
     def _idle_loop(self) -> None:
         while True:
             reason, notice = self._idle_once()
+            if reason == "reconcile":
+                self._check_uidvalidity()
             if reason != "reissue":
-                self._catch_up(notice, idle_ending=reason != "dead")
+                self._catch_up(notice, idle_ending=reason not in ("dead", "reconcile"))
 
     def _idle_once(self) -> tuple[str, Notice]:
         """IDLE until there is a reason to leave it; returns (reason, when mail was noticed)."""
@@ -175,11 +202,19 @@ class Session:
                 break
             if self.control.wait([client.socket()], due - now) and _has_new_mail(self._read_pending()):
                 notice, reason = Notice.now(), "mail"
-        if reason in ("reissue", "dead"):
+        if reason in ("reissue", "dead", "reconcile"):
             self._leave_idle(probe=reason == "dead")
         else:
             self._end_idle_early()
         return reason, notice or Notice.now()
+
+    def _check_uidvalidity(self) -> None:
+        """The periodic reconcile also asks STATUS (UIDVALIDITY UIDNEXT): a folder renumbered
+        while we are connected is resynchronised now, not at the next reconnect."""
+        client, checkpoint = self.client, self.mailbox.checkpoint
+        assert client is not None and checkpoint is not None
+        if changed_on_server(client, self.spec.folder, checkpoint.uidvalidity) is not None:
+            self.mailbox.sync_checkpoint(client, self._select(client))
 
     def _rest(self) -> None:
         """About to wait on the server after work (connecting, mail): give the heap it freed

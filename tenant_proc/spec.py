@@ -11,10 +11,12 @@ from typing import Any, Literal
 
 Security = Literal["tls", "starttls", "plain"]
 Backfill = Literal["none", "unseen", "all"]
+OnUidvalidityChange = Literal["reprocess_since_last", "skip_to_new"]
 
 SECURITY_MODES: tuple[str, ...] = ("tls", "starttls", "plain")
 AUTH_METHODS: tuple[str, ...] = ("password", "xoauth2", "oauthbearer")
 BACKFILL_MODES: tuple[str, ...] = ("none", "unseen", "all")
+UIDVALIDITY_MODES: tuple[str, ...] = ("reprocess_since_last", "skip_to_new")
 
 
 class Secret:
@@ -72,6 +74,19 @@ class ImapSettings:
     reconcile_interval: float = 300.0  # STATUS check that catches an EXISTS never sent
     reconnect_backoff_max: float = 60.0  # in-process reconnect: 1 s doubling up to this
     max_message_bytes: int = 25 * 1024 * 1024  # larger mail: headers and size only
+    # A batch stops at batch_size UIDs or at this many bytes (RFC822.SIZE), whichever comes
+    # first: batch_size large emails are neither one huge FETCH in memory nor one long read.
+    max_batch_bytes: int = 8 * 1024 * 1024
+    # Whatever the server does (refuses, throttles, kicks us), a tenant logs in at most this
+    # often per sliding hour; 0 = no limit. Reconnects beyond it wait for the window.
+    max_logins_per_hour: int = 60
+    # The server renumbered the folder (migration, Exchange move): "reprocess_since_last" hands
+    # over what arrived since the last email handled under the old UIDVALIDITY, skipping
+    # Message-IDs already handled; "skip_to_new" starts at the new UIDNEXT (nothing old).
+    on_uidvalidity_change: OnUidvalidityChange = "reprocess_since_last"
+    # Seconds: an email whose Message-ID this tenant already handled this recently is recorded
+    # `duplicate` and not handed over (Outlook add-ins re-upload mail under a new UID). 0 = off.
+    dedupe_window: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,23 @@ CREATE TABLE IF NOT EXISTS ledger (
     updated_at REAL NOT NULL,
     PRIMARY KEY (tenant_id, folder, uidvalidity, uid)
 );
+CREATE INDEX IF NOT EXISTS ledger_message_id ON ledger (tenant_id, message_id);
+CREATE TABLE IF NOT EXISTS reprocess (
+    tenant_id TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    until_uid INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (tenant_id, folder)
+);
 """
 
 # Only statuses that finish a UID are "done"; "retrying" rows just count attempts, and a
 # "handling" row says a handler was called and has not returned (yet, or ever: a crash).
-DONE_STATUSES = ("processed", "failed")
+# "expunged": gone from the mailbox before it could be fetched (confirmed by UID SEARCH);
+# "duplicate": its Message-ID was handled already (dedupe window, UIDVALIDITY reprocessing).
+DONE_STATUSES = ("processed", "failed", "expunged", "duplicate")
+_DONE_SQL = ", ".join(f"'{s}'" for s in DONE_STATUSES)
 
 
 def open_store(spec: TenantSpec) -> StateStore:
@@ -105,7 +117,7 @@ class SqliteStore:
                     "ON CONFLICT (tenant_id, folder, uidvalidity, uid) DO UPDATE SET "
                     "message_id = excluded.message_id, status = excluded.status, "
                     "error = excluded.error, updated_at = excluded.updated_at "
-                    "WHERE ledger.status NOT IN ('processed', 'failed')",
+                    f"WHERE ledger.status NOT IN ({_DONE_SQL})",
                     (tenant_id, folder, uidvalidity, uid, message_id, status, error, now),
                 ),
                 # Forward only, and only within the same UIDVALIDITY.
@@ -129,7 +141,8 @@ class SqliteStore:
                     "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, 'retrying', 1, ?, ?) "
                     "ON CONFLICT (tenant_id, folder, uidvalidity, uid) DO UPDATE SET "
                     "attempts = ledger.attempts + 1, error = excluded.error, "
-                    "status = 'retrying', updated_at = excluded.updated_at",
+                    "status = 'retrying', updated_at = excluded.updated_at "
+                    f"WHERE ledger.status NOT IN ({_DONE_SQL})",
                     (tenant_id, folder, uidvalidity, uid, message_id, error, time.time()),
                 )
             ]
@@ -196,6 +209,48 @@ class SqliteStore:
             (tenant_id, folder, uidvalidity, uid),
         )
         return bool(row) and row[0] in DONE_STATUSES
+
+    # -- Message-ID deduplication and UIDVALIDITY changes (optional StateStore methods) -----
+
+    def handled_message_id(
+        self, tenant_id: str, message_id: str, since: float | None = None,
+        not_uidvalidity: int | None = None,
+    ) -> bool:
+        """True if this tenant handed an email with this Message-ID over (status processed),
+        in any folder: since: only rows recorded at or after this epoch; not_uidvalidity: only
+        rows of another UIDVALIDITY (what a renumbered folder handled before)."""
+        sql = ("SELECT 1 FROM ledger WHERE tenant_id = ? AND message_id = ? "
+               "AND status = 'processed'")
+        params: list = [tenant_id, message_id]
+        if since is not None:
+            sql += " AND updated_at >= ?"
+            params.append(since)
+        if not_uidvalidity is not None:
+            sql += " AND uidvalidity != ?"
+            params.append(not_uidvalidity)
+        return self._query_one(sql + " LIMIT 1", tuple(params)) is not None
+
+    def last_handled_at(self, tenant_id: str, folder: str, uidvalidity: int) -> float | None:
+        """When the last email under this UIDVALIDITY was finished (epoch), or None."""
+        row = self._query_one(
+            f"SELECT max(updated_at) FROM ledger WHERE tenant_id = ? AND folder = ? "
+            f"AND uidvalidity = ? AND status IN ({_DONE_SQL})", (tenant_id, folder, uidvalidity))
+        return float(row[0]) if row and row[0] is not None else None
+
+    def save_reprocess_until(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> None:
+        """After a UIDVALIDITY change: UIDs up to uid are checked against the ledger by
+        Message-ID before the handler runs. Kept across restarts (a crash mid-way)."""
+        self._write([(
+            "INSERT INTO reprocess VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, folder) DO UPDATE "
+            "SET uidvalidity = excluded.uidvalidity, until_uid = excluded.until_uid, "
+            "updated_at = excluded.updated_at",
+            (tenant_id, folder, uidvalidity, uid, time.time()))])
+
+    def load_reprocess_until(self, tenant_id: str, folder: str, uidvalidity: int) -> int | None:
+        row = self._query_one(
+            "SELECT until_uid FROM reprocess WHERE tenant_id = ? AND folder = ? AND uidvalidity = ?",
+            (tenant_id, folder, uidvalidity))
+        return int(row[0]) if row else None
 
     def close(self) -> None:
         self._db.close()

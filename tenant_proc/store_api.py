@@ -14,6 +14,12 @@ Semantics the mailbox loop relies on:
   and mark_done() is seen after the restart and the email handed over as `redelivered`, and a
   death while handling counts as an attempt (an email that kills its process is given up after
   max_attempts). Backends without it (Supabase) are plain at-least-once in that window.
+- Optional, for Message-ID deduplication and UIDVALIDITY changes (tenant_proc/uidvalidity.py):
+  handled_message_id(tenant_id, message_id, since=None, not_uidvalidity=None) -> bool,
+  last_handled_at(tenant_id, folder, uidvalidity) -> epoch | None (both backends), and
+  save_reprocess_until / load_reprocess_until (SQLite: the reprocessing range survives a
+  restart; elsewhere it lives in the process). Done statuses also include "expunged" and
+  "duplicate".
 """
 from __future__ import annotations
 

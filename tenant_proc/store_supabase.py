@@ -30,7 +30,8 @@ CHECKPOINTS = "imap_checkpoints"
 LEDGER = "processed_emails"
 LEDGER_KEY = "company_id,folder,uidvalidity,uid"
 CHECKPOINT_KEY = "company_id,folder"
-DONE_STATUSES = ("processed", "failed")
+# sql/003 allows expunged (gone before the FETCH) and duplicate (Message-ID already handled).
+DONE_STATUSES = ("processed", "failed", "expunged", "duplicate")
 MAX_ERROR_CHARS = 2000  # a handler's traceback text is useful, a megabyte of it is not
 ATTEMPT_RETRIES = 5  # optimistic-concurrency rounds for the attempts counter
 
@@ -146,6 +147,30 @@ class SupabaseStore:
         rows = self._run("read ledger", tenant_id, lambda: (
             _match(self._client.table(LEDGER).select("status"), key).execute().data))
         return bool(rows) and rows[0]["status"] in DONE_STATUSES
+
+    # --- Message-ID deduplication and UIDVALIDITY changes (optional StateStore methods) ------
+
+    def handled_message_id(
+        self, tenant_id: str, message_id: str, since: float | None = None,
+        not_uidvalidity: int | None = None,
+    ) -> bool:
+        """As SqliteStore.handled_message_id (sql/003 indexes (company_id, message_id))."""
+        def query() -> Any:
+            q = (self._client.table(LEDGER).select("uid").eq("company_id", tenant_id)
+                 .eq("message_id", message_id).eq("status", "processed"))
+            if since is not None:
+                q = q.gte("processed_at", datetime.fromtimestamp(since, timezone.utc).isoformat())
+            if not_uidvalidity is not None:
+                q = q.neq("uidvalidity", not_uidvalidity)
+            return q.limit(1).execute().data
+        return bool(self._run("read ledger", tenant_id, query))
+
+    def last_handled_at(self, tenant_id: str, folder: str, uidvalidity: int) -> float | None:
+        rows = self._run("read ledger", tenant_id, lambda: (
+            self._client.table(LEDGER).select("processed_at").eq("company_id", tenant_id)
+            .eq("folder", folder).eq("uidvalidity", uidvalidity).in_("status", list(DONE_STATUSES))
+            .order("processed_at", desc=True).limit(1).execute().data))
+        return datetime.fromisoformat(rows[0]["processed_at"]).timestamp() if rows else None
 
     def close(self) -> None:
         close_client(self._client)

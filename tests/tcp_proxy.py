@@ -107,6 +107,8 @@ class _Link:
 
 
 class TcpProxy:
+    link_class: type = _Link  # tests/fault_proxy.py plugs in a link that speaks a little IMAP
+
     def __init__(self, upstream: tuple[str, int], host: str = "127.0.0.1") -> None:
         self.upstream = upstream
         self.frozen = threading.Event()
@@ -143,7 +145,7 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
-            link = _Link(self, client, upstream)
+            link = self.link_class(self, client, upstream)
             self.links.append(link)
             link.start()
 

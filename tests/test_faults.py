@@ -93,17 +93,21 @@ class _FakeControl:
     def server_spoke(self) -> None:
         pass
 
+    def heartbeat_if_due(self) -> None:
+        pass
+
     def send(self, message: dict[str, Any]) -> None:
         pass
 
 
 def test_session_backs_off_as_long_as_a_throttling_server_asks(monkeypatch):
-    def throttled_open(spec: TenantSpec) -> Any:
+    def throttled_open(spec: TenantSpec, keepalive: Any = None) -> Any:
         raise ConnectionLost(f"TLS handshake failed: {THROTTLED}")
 
     monkeypatch.setattr(session_mod, "open_client", throttled_open)
     control = _FakeControl()
-    session = session_mod.Session(spec_for(), control, mailbox=None, log=_NullLog())  # type: ignore[arg-type]
+    mailbox = type("NoMailbox", (), {"progress": 0})()
+    session = session_mod.Session(spec_for(), control, mailbox=mailbox, log=_NullLog())  # type: ignore[arg-type]
     session.run()  # returns on the StopRequested raised by the second sleep
     assert all(d >= 299.91 for d in control.slept), control.slept
     assert "Suggested Backoff Time" in (control.last_error or "")
@@ -242,7 +246,8 @@ class PropertyWorld:
         self.imap = FakeImap()
         self.spec = TenantSpec(id="t", name="T", host="h", port=993, security="tls", username="u",
                                password=Secret("x"), imap=ImapSettings(max_attempts=self.MAX_ATTEMPTS,
-                                                                       retry_interval=0.0, batch_size=3),
+                                                                       retry_interval=0.0, batch_size=3,
+                                                                       on_uidvalidity_change="skip_to_new"),
                                state=StateSpec(state_dir=str(directory)))
         self.ok_calls: Counter[tuple[int, int]] = Counter()
         self.fail_calls: Counter[tuple[int, int]] = Counter()

@@ -175,3 +175,19 @@ def test_many_new_emails_go_in_bounded_batches(tmp_path: Path) -> None:
     ]
     assert [e.uid for e in handled] == list(range(1, 9))
     assert [e.uid for e in handled if e.truncated] == [3]
+
+
+def test_a_batch_is_capped_by_bytes_as_well_as_by_count(tmp_path: Path) -> None:
+    """batch_size large emails are not one huge FETCH: a batch also stops at max_batch_bytes
+    (an email larger than that alone still goes, on its own)."""
+    msgs = {uid: message(uid, b"x" * 3000) for uid in range(1, 7)}
+    msgs[5] = message(5, b"x" * 9000)
+    imap, mailbox, handled = catch_up_once(tmp_path, msgs, 1, batch_size=100, max_batch_bytes=7000,
+                                           max_message_bytes=20_000)
+    assert imap.sent[2:] == [
+        "UID FETCH 2 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",  # batch 1,2: 1 came with the sizes
+        "UID FETCH 3,4 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",
+        "UID FETCH 5 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",
+        "UID FETCH 6 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",
+    ]
+    assert [e.uid for e in handled] == list(range(1, 7))
