@@ -271,6 +271,9 @@ class Arbiter(TenantReconciler):
             log.error("reload: keeping the previous config: %s", exc)
         else:
             self.apply_tenants(retry_failed=True)
+        for record in self.records.values():  # `idle-supervisor retry` marked emails: look again
+            if record.handle is not None and record.handle.conn_open:
+                protocol.send(record.handle.conn, protocol.replay())
         sdnotify.ready()
         self.write_status_now()
 

@@ -24,6 +24,7 @@ COLUMNS = {
     "imap_username": "username",
     "imap_password": "password",
     "imap_folder": "folder",
+    "webhook_url": "webhook_url",  # sql/005_webhook.sql
 }
 # Supabase caps every answer at 1000 rows by default (PostgREST max-rows): read in pages, or the
 # 1001st company would silently look "removed" and be stopped.

@@ -55,7 +55,7 @@ def build_tenant_specs(
 
 _TENANT_KEYS = {
     "id", "name", "host", "port", "security", "username", "password", "password_env",
-    "folder", "ca_file", "allow_insecure",
+    "folder", "ca_file", "allow_insecure", "webhook_url",
 }
 
 
@@ -89,6 +89,10 @@ def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mappin
     if not isinstance(folder, str):
         raise ConfigError("folder must be a string")
     allow_insecure = bool(row.get("allow_insecure", False))
+    webhook_url = row.get("webhook_url") or None
+    if webhook_url is not None and (
+            not isinstance(webhook_url, str) or not webhook_url.startswith(("http://", "https://"))):
+        raise ConfigError("webhook_url must be an http:// or https:// URL")
     return TenantSpec(
         id=tenant_id,
         name=str(row.get("name") or tenant_id),
@@ -107,6 +111,7 @@ def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mappin
         idle_heartbeat_interval=config.supervisor.idle_heartbeat_interval,
         shutdown_timeout=config.supervisor.shutdown_timeout,
         base_dir=config.base_dir,
+        webhook_url=webhook_url,
     )
 
 

@@ -17,7 +17,7 @@ from imapclient.response_parser import parse_fetch_response
 
 from ipc import protocol
 from tenant_proc.control import Control
-from tenant_proc.handler_loader import LoadedHandler
+from tenant_proc.handler_loader import LoadedHandler, PermanentHandlerError
 from tenant_proc.message import Envelope, parse_email
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store_api import Checkpoint, StateStore
@@ -52,6 +52,7 @@ class Mailbox:
         self.checkpoint: Checkpoint | None = None
         self.retry_uid: int | None = None
         self.retry_at: float | None = None  # monotonic; None when nothing waits for a retry
+        self.replay: Any = None  # tenant_proc.replay.Replayer: runs after every catch-up
 
     # -- checkpoint ----------------------------------------------------------------------
 
@@ -95,6 +96,13 @@ class Mailbox:
         on_sent runs once the first command is on its way, before its answer is read: the
         session uses it to read the end of an IDLE whose DONE went out just before.
         """
+        self._catch_up_new(client, notice, on_sent)
+        if self.replay is not None:  # emails an operator marked for another round
+            self.replay.run(client, notice)
+
+    def _catch_up_new(
+        self, client: IMAPClient, notice: Notice, on_sent: Callable[[], None] | None
+    ) -> None:
         assert self.checkpoint is not None, "sync_checkpoint first"
         # One round trip finds the new UIDs and their sizes (no UID SEARCH first) and, usually,
         # brings the next email along: under load every round trip waits for the server and
@@ -205,7 +213,8 @@ class Mailbox:
             "handler failed on uid %d (attempt %d/%d): %s", uid, attempts, spec.imap.max_attempts, error
         )
         self.control.last_error = f"handler: {error}"[:200]
-        if attempts < spec.imap.max_attempts:
+        # PermanentHandlerError: the handler knows a retry cannot help (webhook: HTTP 400).
+        if attempts < spec.imap.max_attempts and not isinstance(exc, PermanentHandlerError):
             self.retry_uid = uid
             self.retry_at = time.monotonic() + spec.imap.retry_interval
             return False

@@ -119,6 +119,9 @@ class TenantSpec:
     # [cluster]: the fencing token of this company's lease, sent with every state write so the
     # database refuses them once another instance claimed the company. None: not clustered.
     fencing_token: int | None = None
+    # The tenant's own webhook endpoint (tenant key / column webhook_url): replaces the
+    # [handler] url option for this tenant only. None: the handler's url.
+    webhook_url: str | None = None
 
     def public_info(self) -> dict[str, Any]:
         """Tenant info safe to hand to handlers, logs and status: no secrets."""
