@@ -335,3 +335,55 @@ def test_sigkill_during_a_post_redelivers_with_the_same_key(dovecot, tmp_path, r
         second = [r for r in receiver.requests() if r.answered == 200][0]
         assert second.headers["idempotency-key"] == first.headers["idempotency-key"]
         _wait_ledger(run, again["uid"], "processed")
+
+
+# ---- Supabase ledger (and the per-company webhook_url column) -------------------------------
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_failed_and_retry_on_the_supabase_ledger_with_a_company_webhook_url(
+        dovecot, pg_db, postgrest, tmp_path, receiver):
+    from tests.supervisor_run import SupabaseRun
+
+    dovecot.add_user("acme", "acme-pw")
+    pg_db.execute(
+        "INSERT INTO companies (id, name, imap_host, imap_port, imap_security, imap_username, "
+        "imap_password, webhook_url) VALUES ('acme', 'Acme AB', '127.0.0.1', %s, 'tls', 'acme', "
+        "'acme-pw', %s)", (dovecot.imaps_port, receiver.url))
+    receiver.default = Reply(400, b"no such customer")
+    # The [handler] url leads nowhere: only the company's webhook_url can receive anything.
+    handler = {"target": "tenant_proc.handlers:webhook", "url": "http://127.0.0.1:9/nowhere",
+               "secret_env": "WEBHOOK_SECRET", "timeout": 2}
+    run = SupabaseRun(tmp_path / "run", dovecot, [], handler=handler, api=postgrest,
+                      supervisor={"tenant_refresh": 300}, extra_env={"WEBHOOK_SECRET": SECRET})
+    with run.start(wait_running=False):
+        run.wait_tenants({"acme"})
+        dovecot.deliver("acme", make_message("poison", message_id="<sb-poison@x>"))
+        uid = receiver.wait_requests(1)[0].document["uid"]
+        deadline = time.monotonic() + 30
+        listed: list = []
+        while not listed and time.monotonic() < deadline:
+            out = run.cli("failed", "--json")
+            assert out.returncode == 0, out.stderr
+            listed = json.loads(out.stdout)
+            time.sleep(0.2)
+        [row] = listed
+        assert row["uid"] == uid and row["message_id"] == "<sb-poison@x>" and "HTTP 400" in row["error"]
+        assert row["attempts"] == 1 and row["failed_at"]
+        run.wait_for(lambda s: s["tenants"]["acme"]["failed_in_ledger"] == 1, 15, "failed count")
+
+        receiver.default = Reply(200)
+        out = run.cli("retry", "acme", str(uid))
+        assert out.returncode == 0 and "SIGHUP" in out.stdout, out.stderr
+        deadline = time.monotonic() + 30
+        while not _successes(receiver) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [d["uid"] for d in _successes(receiver)] == [uid]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and pg_db.execute(
+                "SELECT status FROM processed_emails WHERE uid = %s", (uid,)) != [("processed",)]:
+            time.sleep(0.1)
+        assert pg_db.execute("SELECT status FROM processed_emails WHERE uid = %s", (uid,)) == [("processed",)]
+        assert json.loads(run.cli("failed", "--json").stdout) == []
+        time.sleep(1)
+        assert len(_successes(receiver)) == 1
