@@ -153,16 +153,30 @@ def test_missing_secret_fails_at_load(monkeypatch):
         webhook({"url": "https://x.example/"})
 
 
+def test_a_literal_secret_in_the_config_never_prints(tmp_path):
+    from supervisor.config import load_config
+    from tenant_proc.spec import Secret
+
+    path = tmp_path / "config.toml"
+    path.write_text(f'[handler]\ntarget = "tenant_proc.handlers:webhook"\n'
+                    f'url = "https://x.example/"\nsecret = "{SECRET}"\n')
+    handler = load_config(path).handler
+    assert isinstance(handler.options_dict()["secret"], Secret)
+    assert SECRET not in repr(handler) and SECRET not in repr(webhook(handler.options_dict()))
+
+
 # ---- the real supervisor --------------------------------------------------------------------
 
 def _run(tmp_path: Path, dovecot: Any, receiver: WebhookReceiver, imap: dict | None = None,
-         supervisor: dict | None = None, **handler: Any) -> SupervisorRun:
+         supervisor: dict | None = None, extra_sections: dict | None = None,
+         **handler: Any) -> SupervisorRun:
     dovecot.add_user("acme", "acme-pw")
     options = {"target": "tenant_proc.handlers:webhook", "url": receiver.url,
                "secret_env": "WEBHOOK_SECRET", "timeout": 2, **handler}
     return SupervisorRun(tmp_path / "run", dovecot, [TenantEntry("acme", "acme", "acme-pw", name="Acme AB")],
                          handler=options, imap={"retry_interval": 1, **(imap or {})},
-                         supervisor=supervisor or {}, extra_env={"WEBHOOK_SECRET": SECRET})
+                         supervisor=supervisor or {}, extra_env={"WEBHOOK_SECRET": SECRET},
+                         extra_sections=extra_sections or {})
 
 
 def _ledger(run: SupervisorRun) -> dict[int, tuple[str, int, str | None]]:
@@ -217,8 +231,12 @@ def test_mail_is_delivered_once_signed_and_counted(dovecot, tmp_path, receiver):
 
 @pytest.mark.integration
 def test_500_three_times_then_200_is_handled_once_after_four_attempts(dovecot, tmp_path, receiver):
+    from tests.test_metrics import free_port, sample, scrape
+
     receiver.plan(500, 500, 500)
-    with _run(tmp_path, dovecot, receiver).start() as run:
+    port = free_port()
+    with _run(tmp_path, dovecot, receiver,
+              extra_sections={"metrics": {"listen": f"127.0.0.1:{port}"}}).start() as run:
         dovecot.deliver("acme", make_message("flaky"))
         got = receiver.wait_requests(4)
         _wait_ledger(run, got[0].document["uid"], "processed")
@@ -228,6 +246,14 @@ def test_500_three_times_then_200_is_handled_once_after_four_attempts(dovecot, t
                      and s["tenants"]["acme"]["webhook"]["5xx"] == 3, 15, "retry counters")
         time.sleep(1)
         assert len(receiver.requests()) == 4
+        text = scrape(port)
+        assert sample(text, "idle_supervisor_webhook_attempts_total", tenant="acme") == 4
+        assert sample(text, "idle_supervisor_webhook_retries_total", tenant="acme") == 3
+        assert sample(text, "idle_supervisor_webhook_responses_total", tenant="acme", **{"class": "5xx"}) == 3
+        assert sample(text, "idle_supervisor_webhook_responses_total", tenant="acme", **{"class": "2xx"}) == 1
+        assert sample(text, "idle_supervisor_handler_calls_total", tenant="acme") == 1
+        assert sample(text, "idle_supervisor_handler_seconds_total", tenant="acme") > 0
+        assert sample(text, "idle_supervisor_emails_in_failed", tenant="acme") == 0
 
 
 @pytest.mark.integration
