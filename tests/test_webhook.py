@@ -7,14 +7,19 @@ running and stopped, on the SQLite ledger and on the Supabase one.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import logging
+import os
 import signal
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tenant_proc.handler_loader import HandlerContext, PermanentHandlerError
@@ -23,7 +28,7 @@ from tenant_proc.handlers_webhook import WebhookError
 from tenant_proc.message import Email
 from tests.dovecot import make_message
 from tests.supervisor_run import SupervisorRun, TenantEntry
-from tests.webhook_receiver import Reply, WebhookReceiver
+from tests.webhook_receiver import Reply, WebhookReceiver, signature_ok
 
 SECRET = "whsec-test-0123456789abcdef"
 
@@ -81,11 +86,7 @@ def test_one_signed_idempotent_post_with_the_documented_fields(receiver):
 
 
 def test_a_tampered_body_fails_verification():
-    from tests.webhook_receiver import signature_ok
-
     ts = str(int(time.time()))
-    import hashlib
-    import hmac
     good = "sha256=" + hmac.new(SECRET.encode(), ts.encode() + b"." + b"{}", hashlib.sha256).hexdigest()
     headers = {"x-idle-timestamp": ts, "x-idle-signature": good}
     assert signature_ok(SECRET, headers, b"{}")
@@ -97,7 +98,6 @@ def test_raw_only_when_asked_and_within_the_cap(receiver):
     _call(receiver, include_raw=True)
     _call(receiver, include_raw=True, max_raw_bytes=5)
     first, second = (r.document for r in receiver.requests())
-    import base64
     assert base64.b64decode(first["raw"]) == _email().raw
     assert second["raw"] is None and "max_raw_bytes" in second["raw_omitted"]
 
@@ -165,6 +165,25 @@ def test_a_literal_secret_in_the_config_never_prints(tmp_path):
     assert SECRET not in repr(handler) and SECRET not in repr(webhook(handler.options_dict()))
 
 
+def test_a_tenant_webhook_url_replaces_the_handler_url(tmp_path):
+    from supervisor.config import load_config
+    from supervisor.tenant_rows import build_tenant_specs
+    from tenant_proc.handler_loader import load_handler
+
+    path = tmp_path / "config.toml"
+    path.write_text('[handler]\ntarget = "tenant_proc.handlers:webhook"\nurl = "https://all.example/"\n'
+                    f'secret = "{SECRET}"\n')
+    config = load_config(path)
+    base = {"host": "h", "username": "u", "password": "p"}
+    load = build_tenant_specs(config, [
+        {**base, "id": "own", "webhook_url": "https://own.example/in"}, {**base, "id": "shared"},
+        {**base, "id": "bad", "webhook_url": "ftp://x"}], environ={})
+    assert "http:// or https://" in load.errors["bad"][1]
+    log = logging.LoggerAdapter(logging.getLogger("t"), {})
+    assert load_handler(load.specs["own"], log)._instance.url == "https://own.example/in"
+    assert load_handler(load.specs["shared"], log)._instance.url == "https://all.example/"
+
+
 # ---- the real supervisor --------------------------------------------------------------------
 
 def _run(tmp_path: Path, dovecot: Any, receiver: WebhookReceiver, imap: dict | None = None,
@@ -203,9 +222,8 @@ def _assert_secret_nowhere(run: SupervisorRun) -> None:
     assert SECRET not in run.log_text()
     assert SECRET not in (run.state_dir / "status.json").read_text()
     assert SECRET not in run.cli("status", "--json").stdout
-    for proc in [run.proc and __import__("psutil").Process(run.proc.pid), *run.live_children()]:
-        if proc is None:
-            continue
+    assert run.proc is not None
+    for proc in [psutil.Process(run.proc.pid), *run.live_children()]:
         for name in ("cmdline", "status", "comm"):
             assert SECRET.encode() not in Path(f"/proc/{proc.pid}/{name}").read_bytes()
 
@@ -351,7 +369,6 @@ def test_sigkill_during_a_post_redelivers_with_the_same_key(dovecot, tmp_path, r
         assert receiver.request_started.wait(20)
         first = receiver.requests()[0]
         assert first.document["redelivered"] is False
-        import os
         os.kill(run.child_pids()["acme"], signal.SIGKILL)
         deadline = time.monotonic() + 30
         while not _successes(receiver) and time.monotonic() < deadline:
