@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ipc import protocol
 from supervisor import sdnotify, tick_guard
 from supervisor.child_messages import ChildMessages
 from supervisor.cluster import make_cluster
@@ -307,6 +308,9 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
             log.error("reload: keeping the previous config: %s", exc)
         else:
             self.apply_tenants(retry_failed=True)
+        for record in self.records.values():  # `idle-supervisor retry` marked emails: look again
+            if record.handle is not None and record.handle.conn_open:
+                protocol.send(record.handle.conn, protocol.replay())
         sdnotify.ready()
         self.write_status_now()
 

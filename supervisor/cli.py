@@ -1,4 +1,4 @@
-"""`idle-supervisor` subcommands: run, status, reload, stop, check, cluster.
+"""`idle-supervisor` subcommands: run, status, reload, stop, check, cluster, failed, retry.
 
 Every error a user can cause ends in one line on stderr and a non-zero exit, never a traceback
 and never a secret.
@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(cluster)
     cluster.add_argument("--json", action="store_true")
     cluster.set_defaults(func=cmd_cluster)
+
+    from supervisor.cli_failed import add_commands as add_failed_commands
+
+    add_failed_commands(sub, with_config)  # failed, retry
     return parser
 
 
@@ -180,7 +184,7 @@ def format_status_table(status: dict[str, Any]) -> str:
                      f"being handed back), {cluster.get('live_instances')} live instances, "
                      f"{cluster.get('lost_total')} leases lost so far")
     header = ["TENANT", "NAME", "PID", "STATE", "MODE", "HEARTBEAT", "PROCESSED", "FAILED",
-              "RESTARTS", "RSS", "CPU%", "LAST ERROR"]
+              "IN FAILED", "RESTARTS", "RSS", "CPU%", "LAST ERROR"]
     rows = [header]
     for tid, t in status.get("tenants", {}).items():
         age = t.get("last_heartbeat_age")
@@ -188,7 +192,9 @@ def format_status_table(status: dict[str, Any]) -> str:
         rows.append([
             tid, t.get("name") or "", str(t.get("pid") or "-"), t.get("state") or "-",
             t.get("mode") or "-", f"{age:.1f}s ago" if isinstance(age, (int, float)) else "-",
-            str(t.get("processed", 0)), str(t.get("failed", 0)), str(t.get("restarts", 0)),
+            str(t.get("processed", 0)), str(t.get("failed", 0)),
+            "-" if t.get("failed_in_ledger") is None else str(t["failed_in_ledger"]),
+            str(t.get("restarts", 0)),
             f"{rss / 1048576:.1f}M" if rss else "-",
             f"{t['cpu_percent']:.2f}" if t.get("cpu_percent") is not None else "-",
             (t.get("last_error") or "")[:80],

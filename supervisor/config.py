@@ -187,7 +187,10 @@ def _handler_spec(table: Any, state_dir: Path, source: str) -> HandlerSpec:
         hash(tuple(_freeze(options).items()))
     except TypeError:
         raise ConfigError("[handler] options must be plain TOML values") from None
-    return HandlerSpec(target=target, options=tuple(sorted(_freeze(options).items())))
+    frozen = _freeze(options)
+    if isinstance(frozen.get("secret"), str):  # a literal secret (webhook): never printed
+        frozen["secret"] = Secret(frozen["secret"])
+    return HandlerSpec(target=target, options=tuple(sorted(frozen.items())))
 
 
 def _freeze(value: Any) -> Any:

@@ -166,8 +166,39 @@ class _Collector:
         yield from families.values()
         yield restarts
         yield silence
+        yield from _handler_families(records, labels)
         yield HistogramMetricFamily(
             "idle_supervisor_handling_latency_seconds",
             "From the tenant noticing new mail to the handler returning",
             buckets=self.histogram.cumulative(), sum_value=self.histogram.total,
         )
+
+
+def _handler_families(records: list[TenantRecord], labels: list[str]) -> Iterator[Any]:
+    """Handler latency, webhook outcomes and the failed emails waiting in each ledger."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    calls = CounterMetricFamily("idle_supervisor_handler_calls", "Handler calls", labels=labels)
+    seconds = CounterMetricFamily("idle_supervisor_handler_seconds",
+                                  "Time spent in handler calls", labels=labels)
+    attempts = CounterMetricFamily("idle_supervisor_webhook_attempts",
+                                   "Webhook POSTs sent (retries included)", labels=labels)
+    retries = CounterMetricFamily("idle_supervisor_webhook_retries",
+                                  "Webhook POSTs that were a retry", labels=labels)
+    responses = CounterMetricFamily("idle_supervisor_webhook_responses",
+                                    "Webhook outcomes by HTTP status class (error: no answer)",
+                                    labels=[*labels, "class"])
+    in_failed = GaugeMetricFamily("idle_supervisor_emails_in_failed",
+                                  "Emails in the ledger as failed (replay: idle-supervisor retry)",
+                                  labels=labels)
+    for r in records:
+        key = [r.id, r.name]
+        calls.add_metric(key, r.counters["handler_calls"])
+        seconds.add_metric(key, r.counters["handler_ms"] / 1000)
+        attempts.add_metric(key, r.counters["webhook_attempts"])
+        retries.add_metric(key, r.counters["webhook_retries"])
+        for cls in ("2xx", "3xx", "4xx", "5xx", "errors"):
+            responses.add_metric([*key, cls.rstrip("s")], r.counters[f"webhook_{cls}"])
+        if "failed_in_ledger" in r.gauges:
+            in_failed.add_metric(key, r.gauges["failed_in_ledger"])
+    yield from (calls, seconds, attempts, retries, responses, in_failed)

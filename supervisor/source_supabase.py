@@ -25,6 +25,7 @@ COLUMNS = {
     "imap_password": "password",
     "imap_folder": "folder",
     "imap_auth": "auth",  # sql/004_oauth.sql
+    "webhook_url": "webhook_url",  # sql/005_webhook.sql
 }
 # sql/004_oauth.sql: the secret columns of an OAuth company -> keys of its [tenant.oauth] table
 # (the jsonb column `oauth` holds the others).

@@ -13,9 +13,10 @@ from typing import Any, Iterable
 
 import orjson
 
-from supervisor.tenants import TenantRecord
+from supervisor.tenants import COUNTER_NAMES, TenantRecord
 
 STATUS_FILE = "status.json"
+WEBHOOK_COUNTERS = tuple(n for n in COUNTER_NAMES if n.startswith("webhook_"))
 
 
 def tenant_status(record: TenantRecord, now: float) -> dict[str, Any]:
@@ -40,6 +41,13 @@ def tenant_status(record: TenantRecord, now: float) -> dict[str, Any]:
         "reconnects": record.counters["reconnects"],
         "server_idle_age": record.server_idle_age,
         "retry_in": retry_in,
+        # issue 13: emails in the ledger as failed (None until the tenant reported), handler
+        # latency and webhook outcomes
+        "failed_in_ledger": record.gauges.get("failed_in_ledger"),
+        "handler_calls": record.counters["handler_calls"],
+        "handler_seconds": round(record.counters["handler_ms"] / 1000, 3),
+        "webhook": {name[len("webhook_"):]: record.counters[name]
+                    for name in WEBHOOK_COUNTERS},
     }
 
 

@@ -56,7 +56,7 @@ def build_tenant_specs(
 
 _TENANT_KEYS = {
     "id", "name", "host", "port", "security", "username", "password", "password_env",
-    "folder", "ca_file", "allow_insecure", "auth", "oauth",
+    "folder", "ca_file", "allow_insecure", "auth", "oauth", "webhook_url",
 }
 
 
@@ -93,6 +93,10 @@ def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mappin
     if not isinstance(folder, str):
         raise ConfigError("folder must be a string")
     allow_insecure = bool(row.get("allow_insecure", False))
+    webhook_url = row.get("webhook_url") or None
+    if webhook_url is not None and (
+            not isinstance(webhook_url, str) or not webhook_url.startswith(("http://", "https://"))):
+        raise ConfigError("webhook_url must be an http:// or https:// URL")
     return TenantSpec(
         id=tenant_id,
         name=str(row.get("name") or tenant_id),
@@ -113,6 +117,7 @@ def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mappin
         base_dir=config.base_dir,
         auth=auth,
         oauth=oauth,
+        webhook_url=webhook_url,
     )
 
 

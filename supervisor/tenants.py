@@ -36,7 +36,13 @@ class StopReason(str, enum.Enum):
     HUNG = "hung"
 
 
-COUNTER_NAMES = ("processed", "failed", "reconnects", "logins")
+COUNTER_NAMES = ("processed", "failed", "reconnects", "logins",
+                 # handler latency (any handler) and the webhook handler's outcomes
+                 "handler_calls", "handler_ms", "webhook_attempts", "webhook_retries",
+                 "webhook_2xx", "webhook_3xx", "webhook_4xx", "webhook_5xx", "webhook_errors")
+# Heartbeat values that are a current reading, not a running count: taken as they come, never
+# added across restarts. failed_in_ledger: this tenant's emails in the ledger as `failed` now.
+GAUGE_NAMES = ("failed_in_ledger",)
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ class TenantRecord:
     crash_times: deque[float] = field(default_factory=deque)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
     _counter_base: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
+    gauges: dict[str, int] = field(default_factory=dict)
     server_idle_age: float | None = None
     # The last heartbeat's promise: the next may come this many seconds later than usual
     # (a quiet tenant, see supervisor/liveness.py), while /proc says it sleeps.
@@ -140,6 +147,10 @@ class TenantRecord:
                 value = counters.get(name)
                 if isinstance(value, int) and value >= 0:
                     self.counters[name] = self._counter_base[name] + value
+            for name in GAUGE_NAMES:
+                value = counters.get(name)
+                if isinstance(value, int) and value >= 0:
+                    self.gauges[name] = value
 
     def on_fatal(self, kind: str, reason: str) -> None:
         self.last_error = f"{kind}: {reason}"[:500]

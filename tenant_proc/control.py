@@ -11,7 +11,7 @@ import signal
 import socket
 import time
 from multiprocessing.connection import Connection
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ipc import protocol
 from tenant_proc.title import set_title
@@ -47,6 +47,9 @@ class Control:
         self.stop_reason: str | None = None
         self.signals_seen = 0
         self._next_heartbeat = 0.0
+        # The parent's `replay` message (after `idle-supervisor retry`): tenant_proc/replay.py.
+        self.on_replay: Callable[[], None] | None = None
+        self._replays = 0
         self._wake_r, self._wake_w = socket.socketpair()
 
     # -- bootstrap -----------------------------------------------------------------------
@@ -139,8 +142,11 @@ class Control:
         """
         extra = [fd if isinstance(fd, int) else fd.fileno() for fd in fds]
         deadline = time.monotonic() + max(timeout, 0.0)
+        replays = self._replays
         while True:
             self.check()
+            if self._replays != replays:
+                return False  # the caller's deadlines changed (a replay is due): recompute them
             now = time.monotonic()
             if now >= deadline:
                 return False
@@ -154,7 +160,9 @@ class Control:
                 return True
 
     def sleep(self, seconds: float) -> None:
-        self.wait((), seconds)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:  # wait() returns early on a replay message
+            self.wait((), end - time.monotonic())
 
     def _drain_wakeup(self) -> None:
         try:
@@ -169,6 +177,10 @@ class Control:
                 message = protocol.receive(self.conn)
                 if message is not None and message["type"] == "stop":
                     self.request_stop("stop message")
+                elif message is not None and message["type"] == "replay":
+                    self._replays += 1
+                    if self.on_replay is not None:
+                        self.on_replay()
         except (EOFError, OSError):
             self.request_stop("parent pipe closed")
 

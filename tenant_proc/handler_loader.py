@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -13,6 +14,11 @@ from tenant_proc.spec import TenantSpec
 
 class HandlerError(Exception):
     """The handler target cannot be used; the message is one line fit for the user."""
+
+
+class PermanentHandlerError(Exception):
+    """Raised by a handler when retrying cannot help (e.g. a webhook answered 400): the mailbox
+    records the email as failed at once instead of after max_attempts."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,8 @@ class HandlerContext:
     # Call it while waiting on something slow (a retry pause, a long command): it sends the
     # supervisor a heartbeat when one is due, so slow but healthy work is not killed as hung.
     keepalive: Callable[[], None] = field(default=lambda: None)
+    # The tenant's heartbeat counters (plain ints): a handler may add its own (webhook_*).
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 def resolve_target(target: str) -> Any:
@@ -64,7 +72,14 @@ class LoadedHandler:
         self._instance = instance  # set when the target was a class: it may own resources
 
     def __call__(self, email: Email) -> None:
-        self._func(email, self.context)
+        counters = self.context.counters
+        started = time.monotonic()
+        try:
+            self._func(email, self.context)
+        finally:  # handler latency for status/metrics: calls and total milliseconds
+            counters["handler_calls"] = counters.get("handler_calls", 0) + 1
+            counters["handler_ms"] = (counters.get("handler_ms", 0)
+                                      + int((time.monotonic() - started) * 1000))
 
     def close(self) -> None:
         close = getattr(self._instance, "close", None)
@@ -73,14 +88,17 @@ class LoadedHandler:
 
 
 def load_handler(
-    spec: TenantSpec, logger: logging.LoggerAdapter, keepalive: Callable[[], None] | None = None
+    spec: TenantSpec, logger: logging.LoggerAdapter, keepalive: Callable[[], None] | None = None,
+    counters: dict[str, int] | None = None,
 ) -> LoadedHandler:
     """Resolve the target; a class is instantiated once per process with the options."""
     target = resolve_target(spec.handler.target)
     options = spec.handler.options_dict()
+    if spec.webhook_url:  # a tenant's own endpoint (column webhook_url) wins over [handler] url
+        options["url"] = spec.webhook_url
     context = HandlerContext(
         options=options, logger=logger, tenant=spec.public_info(), base_dir=spec.base_dir,
-        keepalive=keepalive or (lambda: None),
+        keepalive=keepalive or (lambda: None), counters={} if counters is None else counters,
     )
     if not inspect.isclass(target):
         return LoadedHandler(target, context)

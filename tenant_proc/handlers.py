@@ -122,4 +122,8 @@ def __getattr__(name: str) -> Any:
         from tenant_proc.handlers_supabase import supabase_insert
 
         return supabase_insert
+    if name == "webhook":
+        from tenant_proc.handlers_webhook import webhook
+
+        return webhook
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

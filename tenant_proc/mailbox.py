@@ -18,7 +18,7 @@ from ipc import protocol
 from tenant_proc.connect import ConnectionLost
 from tenant_proc.control import Control
 from tenant_proc.fetching import FetchBroken, batches, connection_broken, fetch_bodies, survey
-from tenant_proc.handler_loader import LoadedHandler
+from tenant_proc.handler_loader import LoadedHandler, PermanentHandlerError
 from tenant_proc.message import Envelope, parse_email
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store import DONE_STATUSES
@@ -64,6 +64,7 @@ class Mailbox:
         # After a UIDVALIDITY change: UIDs up to this are checked against the ledger by
         # Message-ID (uidvalidity.py). Stored where the backend can, else for this process.
         self.dedupe_until: int | None = None
+        self.replay: Any = None  # tenant_proc.replay.Replayer: runs after every catch-up
 
     # -- checkpoint ----------------------------------------------------------------------
 
@@ -113,6 +114,13 @@ class Mailbox:
         on_sent runs once the first command is on its way, before its answer is read: the
         session uses it to read the end of an IDLE whose DONE went out just before.
         """
+        self._catch_up_new(client, notice, on_sent)
+        if self.replay is not None:  # emails an operator marked for another round
+            self.replay.run(client, notice)
+
+    def _catch_up_new(
+        self, client: IMAPClient, notice: Notice, on_sent: Callable[[], None] | None
+    ) -> None:
         assert self.checkpoint is not None, "sync_checkpoint first"
         # One round trip finds the new UIDs and their sizes (no UID SEARCH first) and, usually,
         # brings the next email along: under load every round trip waits for the server and
@@ -248,7 +256,8 @@ class Mailbox:
                 return self._duplicate(uid, message_id, notice)
             self.handler(email)
         except Exception as exc:
-            return self._attempt_failed(uid, message_id, f"{type(exc).__name__}: {exc}", notice, "handler")
+            return self._attempt_failed(uid, message_id, f"{type(exc).__name__}: {exc}", notice, "handler",
+                                        permanent=isinstance(exc, PermanentHandlerError))
         latency = time.monotonic() - notice.mono
         self.store.mark_done(spec.id, spec.folder, uidvalidity, uid, email.message_id, "processed")
         self._advance(uid, persist=False)
@@ -291,7 +300,7 @@ class Mailbox:
 
     def _attempt_failed(
         self, uid: int, message_id: str | None, error: str, notice: Notice, what: str = "fetch",
-        wait: bool = True,
+        wait: bool = True, permanent: bool = False,
     ) -> bool:
         """One failed attempt at this UID (the handler raised, or the server would not give the
         email): retried after retry_interval, given up after max_attempts."""
@@ -305,7 +314,8 @@ class Mailbox:
             "%s failed on uid %d (attempt %d/%d): %s", what, uid, attempts, spec.imap.max_attempts, error
         )
         self.control.last_error = f"{what}: {error}"[:200]
-        if attempts < spec.imap.max_attempts:
+        # permanent: the handler knows a retry cannot help (PermanentHandlerError: webhook HTTP 400).
+        if attempts < spec.imap.max_attempts and not permanent:
             if wait:
                 self.retry_uid = uid
                 self.retry_at = time.monotonic() + spec.imap.retry_interval

@@ -20,6 +20,7 @@ from tenant_proc.logs import tenant_logger
 from tenant_proc.mailbox import Mailbox
 from tenant_proc.connect import FatalError
 from tenant_proc import signin
+from tenant_proc.replay import Replayer
 from tenant_proc.session import Session
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store import open_store
@@ -56,12 +57,15 @@ def _run(spec: TenantSpec, conn: Connection, parent_pid: int, log: logging.Logge
     control.heartbeat()
 
     try:
-        handler = load_handler(spec, log, keepalive=control.heartbeat_if_due)
+        handler = load_handler(spec, log, keepalive=control.heartbeat_if_due,
+                               counters=control.counters)
     except HandlerError as exc:
         return _fatal(control, log, "config", str(exc))
     store = open_store(spec)
     signin.configure_process(keepalive=control.heartbeat_if_due)
-    session = Session(spec, control, Mailbox(spec, store, handler, control, log), log)
+    mailbox = Mailbox(spec, store, handler, control, log)
+    Replayer(mailbox, control, log)  # hooks itself into the mailbox and the parent pipe
+    session = Session(spec, control, mailbox, log)
     try:
         session.run()
     except FatalError as exc:

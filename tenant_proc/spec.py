@@ -166,6 +166,9 @@ class TenantSpec:
     fencing_token: int | None = None
     auth: str = "password"  # password | xoauth2 | oauthbearer
     oauth: OAuthSpec | None = None  # set when auth is not "password"
+    # The tenant's own webhook endpoint (tenant key / column webhook_url): replaces the
+    # [handler] url option for this tenant only. None: the handler's url.
+    webhook_url: str | None = None
 
     def public_info(self) -> dict[str, Any]:
         """Tenant info safe to hand to handlers, logs and status: no secrets."""

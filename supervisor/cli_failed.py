@@ -1,0 +1,118 @@
+"""`idle-supervisor failed` and `idle-supervisor retry`: see and replay emails given up on.
+
+Both read the ledger of the configured backend ([state]: state_dir/checkpoints.sqlite3, or
+Supabase's processed_emails). `retry` marks rows `replay` and sends the running supervisor a
+SIGHUP, which forwards `replay` to every tenant process; with no supervisor running the next
+start picks the marks up (every tenant looks for them when it starts).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from supervisor.config import Config, ConfigError
+from supervisor.pidfile import read_pid
+from tenant_proc.failed_ledger import FailedEmail, FailedLedger, ledger_for
+from tenant_proc.store_api import StoreError
+
+PROG = "idle-supervisor"
+
+
+def add_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser], None]) -> None:
+    failed = sub.add_parser("failed", help="list emails recorded as failed")
+    with_config(failed)
+    failed.add_argument("--tenant", metavar="ID", help="only this tenant's")
+    failed.add_argument("--json", action="store_true", help="a JSON list of objects")
+    failed.set_defaults(func=cmd_failed)
+
+    retry = sub.add_parser("retry", help="hand failed emails over again (all, or by UID)")
+    with_config(retry)
+    retry.add_argument("tenant", metavar="TENANT")
+    retry.add_argument("uids", nargs="*", type=int, metavar="UID")
+    retry.add_argument("--all", action="store_true", help="every failed email of the tenant")
+    retry.set_defaults(func=cmd_retry)
+
+
+def cmd_failed(args: argparse.Namespace) -> int:
+    from supervisor.cli import _config
+
+    _, config = _config(args)
+    with open_ledger(config) as ledger:
+        emails = ledger.list_failed(args.tenant)
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps([e.as_dict() for e in emails],
+                                      option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    print(format_failed_table(emails))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from supervisor.cli import _config
+
+    if args.all == bool(args.uids):
+        raise ConfigError("retry needs UIDs or --all (not both)")
+    _, config = _config(args)
+    with open_ledger(config) as ledger:
+        marked = ledger.mark_replay(args.tenant, None if args.all else args.uids)
+    missing = sorted(set(args.uids) - {e.uid for e in marked})
+    if missing:
+        print(f"{PROG}: tenant {args.tenant} has no failed email with UID "
+              f"{', '.join(map(str, missing))}", file=sys.stderr)
+    print(f"marked {len(marked)} email(s) of tenant {args.tenant} for another round")
+    if marked:
+        pid = read_pid(Path(config.supervisor.state_dir))
+        if pid is None:
+            print("the supervisor is not running: its next start hands them over")
+        else:
+            os.kill(pid, signal.SIGHUP)
+            print(f"sent SIGHUP to supervisor pid {pid}: the tenant hands them over now")
+    return 1 if missing else 0
+
+
+@contextmanager
+def open_ledger(config: Config) -> Iterator[FailedLedger]:
+    """The configured ledger, through the same store class the tenants use."""
+    try:
+        if config.state.backend == "supabase":
+            from tenant_proc.store_supabase import SupabaseStore
+
+            if config.state.supabase_key is None:
+                raise ConfigError("[state] backend = \"supabase\" needs SUPABASE_URL and "
+                                  "SUPABASE_SERVICE_ROLE_KEY")
+            store: Any = SupabaseStore(config.state.supabase_url, config.state.supabase_key.reveal())
+        else:
+            from tenant_proc.store import DB_NAME, SqliteStore
+
+            path = Path(config.supervisor.state_dir) / DB_NAME
+            if not path.exists():
+                raise ConfigError(f"no ledger at {path}: the supervisor has not run there")
+            store = SqliteStore(path)
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        yield ledger_for(store)
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        store.close()
+
+
+def format_failed_table(emails: list[FailedEmail]) -> str:
+    if not emails:
+        return "no failed emails"
+    rows = [["TENANT", "UID", "MESSAGE-ID", "ATTEMPTS", "FAILED AT", "ERROR"]]
+    for e in emails:
+        rows.append([e.tenant_id, str(e.uid), (e.message_id or "-")[:60], str(e.attempts),
+                     e.failed_at or "-", " ".join((e.error or "").split())[:100]])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join([c.ljust(widths[i]) for i, c in enumerate(row[:-1])] + [row[-1]]).rstrip()
+             for row in rows]
+    return "\n".join(lines + [f"{len(emails)} failed email(s)"])

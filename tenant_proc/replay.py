@@ -1,0 +1,102 @@
+"""Hand over again the emails an operator marked with `idle-supervisor retry`.
+
+The marks are ledger rows (tenant_proc/failed_ledger.py). A tenant looks for them when it starts
+(so a retry made while the supervisor was stopped works the same) and whenever the supervisor
+forwards a `replay` message (sent after the SIGHUP that `retry` gives it). The replay runs at the
+end of a catch-up, when the IMAP connection is free: the marked UIDs, oldest first, are fetched
+and handed to the mailbox's usual handling, which records their outcome in the ledger. They all
+lie at or below the checkpoint, which never moves back; processed emails are never touched.
+
+It also keeps the heartbeat counter `failed_in_ledger` (how many of this tenant's emails are
+`failed` now) current: counted at start, after a replay and after the mailbox gives one up.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from tenant_proc.control import Control
+from tenant_proc.failed_ledger import ledger_for
+
+if TYPE_CHECKING:
+    from imapclient import IMAPClient
+
+    from tenant_proc.mailbox import Mailbox, Notice
+
+FAILED_GAUGE = "failed_in_ledger"
+
+
+class Replayer:
+    def __init__(self, mailbox: Mailbox, control: Control, log: logging.LoggerAdapter) -> None:
+        self.mailbox = mailbox
+        self.control = control
+        self.log = log
+        self.ledger = ledger_for(mailbox.store)
+        self.pending = True  # at start: rows may have been marked while this tenant was down
+        self._failed_at_last_count: int | None = None
+        mailbox.replay = self
+        control.on_replay = self.request
+
+    def request(self) -> None:
+        """The supervisor forwarded `replay` (from the parent-pipe drain: only set flags here)."""
+        self.pending = True
+        mailbox = self.mailbox
+        if mailbox.retry_uid is None:
+            # A due "retry" wakes the IDLE/poll loop into a catch-up, at whose end we run. With a
+            # handler retry pending, its own wake-up (at most retry_interval away) does the same.
+            mailbox.retry_at = time.monotonic()
+
+    def run(self, client: IMAPClient, notice: Notice) -> None:
+        """Called at the end of every catch-up; cheap when nothing is marked."""
+        if self.pending and self.mailbox.checkpoint is not None:
+            self.pending = False
+            spec, checkpoint = self.mailbox.spec, self.mailbox.checkpoint
+            uids = self.ledger.claim_replays(spec.id, spec.folder, checkpoint.uidvalidity,
+                                             checkpoint.last_uid)
+            if uids:
+                self._hand_over(client, uids, notice)
+            self._count_failed()
+        elif self._failed_at_last_count != self.control.counters["failed"]:
+            self._count_failed()
+
+    def _hand_over(self, client: IMAPClient, uids: list[int], notice: Notice) -> None:
+        mailbox = self.mailbox
+        self.log.info("replaying %d email(s) marked for retry: UIDs %s", len(uids),
+                      ", ".join(map(str, uids[:20])) + (" ..." if len(uids) > 20 else ""))
+        self.control.set_state("processing")
+        saved_retry = (mailbox.retry_uid, mailbox.retry_at)
+        again = False
+        size_batch = mailbox.spec.imap.batch_size
+        for start in range(0, len(uids), max(size_batch, 1)):
+            batch = uids[start:start + size_batch]
+            sizes = {uid: int(item[b"RFC822.SIZE"])
+                     for uid, item in client.fetch(batch, ["RFC822.SIZE"]).items()
+                     if b"RFC822.SIZE" in item}
+            messages = mailbox._fetch(client, [u for u in batch if u in sizes], sizes)
+            for uid in batch:
+                self.control.check()
+                data: Any = messages.get(uid)
+                if data is None:
+                    self._gone(uid)
+                elif not mailbox._handle(uid, data, notice):
+                    again = True  # the handler failed again, attempts remain: later
+        # The mailbox's retry bookkeeping is for the UID above the checkpoint; a failed replay
+        # set it for its own UID. Put it back, and come back after retry_interval.
+        mailbox.retry_uid, mailbox.retry_at = saved_retry
+        if again:
+            self.pending = True
+            if mailbox.retry_uid is None:
+                mailbox.retry_at = time.monotonic() + mailbox.spec.imap.retry_interval
+
+    def _gone(self, uid: int) -> None:
+        spec, checkpoint = self.mailbox.spec, self.mailbox.checkpoint
+        assert checkpoint is not None
+        self.log.warning("uid %d was marked for retry but is no longer in %s", uid, spec.folder)
+        self.mailbox.store.mark_done(spec.id, spec.folder, checkpoint.uidvalidity, uid, None,
+                                     "failed", "no longer in the mailbox when replayed")
+
+    def _count_failed(self) -> None:
+        spec = self.mailbox.spec
+        self.control.counters[FAILED_GAUGE] = self.ledger.count_failed(spec.id)
+        self._failed_at_last_count = self.control.counters["failed"]
