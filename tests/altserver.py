@@ -12,6 +12,7 @@ DESIGN-NOTES.md section 8 lists the server facts used here.
 """
 from __future__ import annotations
 
+import imaplib
 import os
 import re
 import select
@@ -23,8 +24,8 @@ import subprocess
 import tempfile
 import threading
 import time
-import imaplib
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -119,10 +120,9 @@ class SyslogSink:
 
 def namespace_command(runtime: Path, etc_upper: Path, script: str, argv: list[str]) -> list[str]:
     """argv run inside a private mount namespace (see the module docstring); `script` runs first."""
+    shutil.rmtree(runtime / "dev-upper", ignore_errors=True)  # the last start's /dev/log placeholder
     for d in ("etc-work", "dev-upper", "dev-work"):
         (runtime / d).mkdir(exist_ok=True)
-    shutil.rmtree(runtime / "dev-upper", ignore_errors=True)  # stale /dev/log placeholder
-    (runtime / "dev-upper").mkdir()
     root = PRIVATE_ROOT
     mounts = "\n".join([
         "set -e",
@@ -231,7 +231,7 @@ def greets_tls(host: str, port: int, ca_file: Path) -> bool:
 
 
 def wait_greeting(server: ServerProcess, host: str, port: int, ca_file: Path,
-                  deadline: float, report: callable) -> None:  # type: ignore[valid-type]
+                  deadline: float, report: Callable[[str], str]) -> None:
     while not greets_tls(host, port, ca_file):
         if not server.running:
             raise ServerError(report("the server exited during start"))
