@@ -30,6 +30,7 @@ from supervisor.pidfile import PidFile
 from supervisor.reconcile import TenantReconciler
 from supervisor.status import build_status, summary_line, write_status
 from supervisor.tenants import RestartPolicy, State, StopReason, TenantRecord
+from tenant_proc import signin
 from tenant_proc.connect import preload_ssl_contexts
 from tenant_proc.handler_loader import HandlerError, resolve_target
 
@@ -292,6 +293,7 @@ class Arbiter(TenantReconciler):
             return
         due.sort(key=lambda r: r.next_start_at or 0.0)
         preload_ssl_contexts(r.spec for r in due[:START_BATCH] if r.spec is not None)
+        signin.preload(r.spec for r in due[:START_BATCH] if r.spec is not None)
         gc.collect()
         gc.freeze()  # keep the parent's objects out of the children's GC: pages stay shared
         for record in due[:START_BATCH]:

@@ -24,6 +24,15 @@ COLUMNS = {
     "imap_username": "username",
     "imap_password": "password",
     "imap_folder": "folder",
+    "imap_auth": "auth",  # sql/004_oauth.sql
+}
+# sql/004_oauth.sql: the secret columns of an OAuth company -> keys of its [tenant.oauth] table
+# (the jsonb column `oauth` holds the others).
+OAUTH_SECRET_COLUMNS = {
+    "oauth_client_secret": "client_secret",
+    "oauth_refresh_token": "refresh_token",
+    "oauth_service_account_json": "service_account_json",
+    "oauth_certificate": "certificate",
 }
 # Supabase caps every answer at 1000 rows by default (PostgREST max-rows): read in pages, or the
 # 1001st company would silently look "removed" and be stopped.
@@ -57,7 +66,8 @@ def _read_pages(client: Any) -> list[dict[str, Any]]:
     and make a company appear twice or not at all. Stops at the first empty page, so a server
     cap below PAGE_SIZE cannot end the listing early either."""
     rows: list[dict[str, Any]] = []
-    select = ",".join(COLUMNS)
+    # Every column: a database without sql/004 (no OAuth columns) must still list its companies.
+    select = "*"
     while True:
         query = client.table(TABLE).select(select).eq("active", True).order("id").limit(PAGE_SIZE)
         if rows:
@@ -70,4 +80,12 @@ def _read_pages(client: Any) -> list[dict[str, Any]]:
 
 def to_tenant_row(row: dict[str, Any]) -> dict[str, Any]:
     """Rename columns; NULLs are left out so build_tenant_specs applies its defaults."""
-    return {key: row[column] for column, key in COLUMNS.items() if row.get(column) is not None}
+    tenant = {key: row[column] for column, key in COLUMNS.items() if row.get(column) is not None}
+    if tenant.get("auth") == "password":
+        del tenant["auth"]  # the column's default: the row reads as before sql/004
+    elif "auth" in tenant:
+        oauth = dict(row.get("oauth") or {})
+        oauth.update({key: row[column] for column, key in OAUTH_SECRET_COLUMNS.items()
+                      if row.get(column) is not None})
+        tenant["oauth"] = oauth
+    return tenant

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from supervisor.errors import ConfigError
+from supervisor.oauth_rows import auth_method, oauth_spec_from_row
 from tenant_proc.spec import SECURITY_MODES, Secret, TenantSpec
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def build_tenant_specs(
 
 _TENANT_KEYS = {
     "id", "name", "host", "port", "security", "username", "password", "password_env",
-    "folder", "ca_file", "allow_insecure",
+    "folder", "ca_file", "allow_insecure", "auth", "oauth",
 }
 
 
@@ -74,7 +75,10 @@ def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mappin
     port = row.get("port", 993 if security == "tls" else 143)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ConfigError("port must be a number from 1 to 65535")
-    password = _password(row, environ)
+    auth = auth_method(row)
+    oauth = oauth_spec_from_row(row, environ, config.base_dir) if auth != "password" else None
+    # OAuth tenants need no password; one given anyway is kept (unused).
+    password = _password(row, environ) if auth == "password" or _has_password(row) else Secret("")
     ca_file = row.get("ca_file")
     if ca_file is not None:
         if not isinstance(ca_file, str):
@@ -107,6 +111,8 @@ def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mappin
         idle_heartbeat_interval=config.supervisor.idle_heartbeat_interval,
         shutdown_timeout=config.supervisor.shutdown_timeout,
         base_dir=config.base_dir,
+        auth=auth,
+        oauth=oauth,
     )
 
 
@@ -115,6 +121,10 @@ def _required_str(row: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"missing or empty field {key!r}")
     return value.strip()
+
+
+def _has_password(row: Mapping[str, Any]) -> bool:
+    return bool(row.get("password")) or "password_env" in row
 
 
 def _password(row: Mapping[str, Any], environ: Mapping[str, str]) -> Secret:

@@ -14,7 +14,7 @@ import ssl
 from typing import Iterable
 
 from imapclient import IMAPClient, SocketTimeout
-from imapclient.exceptions import CapabilityError, LoginError
+from imapclient.exceptions import CapabilityError
 
 from tenant_proc import imap_tags  # noqa: F401  (before any IMAPClient: see the module)
 from tenant_proc.spec import TenantSpec
@@ -104,15 +104,11 @@ def open_client(spec: TenantSpec) -> IMAPClient:
     return client
 
 
-def login(client: IMAPClient, spec: TenantSpec) -> None:
-    try:
-        client.login(spec.username, spec.password.reveal())
-    except LoginError as exc:
-        # The auth backend is down, or the server throttles us: not a wrong password, retry later
-        # (a throttled LOGIN must not put the tenant in `failed` for 15 minutes).
-        if "[UNAVAILABLE]" in str(exc) or suggested_backoff(str(exc)) is not None:
-            raise ConnectionLost(f"login temporarily unavailable: {exc}") from None
-        raise FatalError("auth", f"login failed for {spec.username} at {spec.host}:{spec.port}: {exc}") from None
+def login(client: IMAPClient, spec: TenantSpec):  # -> tenant_proc.signin.SignIn
+    """Log in with the tenant's method (password, XOAUTH2, OAUTHBEARER): tenant_proc/signin."""
+    from tenant_proc.signin import login as sign_in  # signin imports this module: import late
+
+    return sign_in(client, spec)
 
 
 def suggested_backoff(text: str) -> float | None:

@@ -19,6 +19,7 @@ from tenant_proc.handler_loader import HandlerError, load_handler
 from tenant_proc.logs import tenant_logger
 from tenant_proc.mailbox import Mailbox
 from tenant_proc.connect import FatalError
+from tenant_proc import signin
 from tenant_proc.session import Session
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store import open_store
@@ -59,6 +60,7 @@ def _run(spec: TenantSpec, conn: Connection, parent_pid: int, log: logging.Logge
     except HandlerError as exc:
         return _fatal(control, log, "config", str(exc))
     store = open_store(spec)
+    signin.configure_process(keepalive=control.heartbeat_if_due)
     session = Session(spec, control, Mailbox(spec, store, handler, control, log), log)
     try:
         session.run()

@@ -7,6 +7,8 @@ from dataclasses import dataclass, replace
 from imapclient.exceptions import IMAPClientError
 
 from tenant_proc.connect import SECURITY_LABELS, ConnectionLost, FatalError, login, open_client
+from tenant_proc.signin import MECHANISMS, token_source as signin_source
+from tenant_proc.signin.errors import raise_if_mailbox_refused
 from tenant_proc.spec import TenantSpec
 
 
@@ -20,12 +22,14 @@ class ProbeResult:
     messages: int | None = None
     seconds: float = 0.0
     error: str | None = None
+    auth: str | None = None  # OAuth tenants: what sign-in did, e.g. "XOAUTH2 via google ...: token obtained"
 
     def summary(self) -> str:
         if not self.ok:
-            return f"FAIL {self.error}"
+            return f"FAIL {self.auth}: {self.error}" if self.auth else f"FAIL {self.error}"
         push = "IDLE" if self.idle else "no IDLE (will poll)"
-        return (f"OK {self.security}, {push}, UIDVALIDITY {self.uidvalidity}, "
+        auth = f"{self.auth}, " if self.auth else ""
+        return (f"OK {self.security}, {auth}{push}, UIDVALIDITY {self.uidvalidity}, "
                 f"UIDNEXT {self.uidnext}, {self.messages} messages ({self.seconds:.2f}s)")
 
 
@@ -37,20 +41,41 @@ def probe_tenant(spec: TenantSpec, timeout: float = 15.0) -> ProbeResult:
         client = open_client(spec)
     except (FatalError, ConnectionLost) as exc:
         return ProbeResult(False, label, error=str(exc))
+    logged_in = False
     try:
         login(client, spec)
-        status = client.folder_status(spec.folder, [b"UIDVALIDITY", b"UIDNEXT", b"MESSAGES"])
+        logged_in = True
+        try:
+            status = client.folder_status(spec.folder, [b"UIDVALIDITY", b"UIDNEXT", b"MESSAGES"])
+        except IMAPClientError as exc:
+            raise_if_mailbox_refused(spec, exc)
+            raise
         return ProbeResult(
             True, label, idle=client.has_capability("IDLE"),
             uidvalidity=status.get(b"UIDVALIDITY"), uidnext=status.get(b"UIDNEXT"),
             messages=status.get(b"MESSAGES"), seconds=time.monotonic() - started,
+            auth=_auth_report(spec, logged_in),
         )
     except (FatalError, ConnectionLost) as exc:
-        return ProbeResult(False, label, error=str(exc))
+        return ProbeResult(False, label, error=str(exc), auth=_auth_report(spec, logged_in))
     except (IMAPClientError, OSError) as exc:
-        return ProbeResult(False, label, error=f"{spec.folder!r}: {' '.join(str(exc).split())[:200]}")
+        return ProbeResult(False, label, error=f"{spec.folder!r}: {' '.join(str(exc).split())[:200]}",
+                           auth=_auth_report(spec, logged_in))
     finally:
         try:
             client.logout()
         except Exception:  # best effort: the answer is already known
             pass
+
+
+def _auth_report(spec: TenantSpec, logged_in: bool) -> str | None:
+    """OAuth tenants: the method, whether a token was obtained (its lifetime), whether the IMAP
+    login with it worked. None for passwords (their lines stay as they were)."""
+    if spec.auth == "password" or spec.oauth is None:
+        return None
+    method = f"{MECHANISMS[spec.auth]} via {spec.oauth.label()}"
+    source = signin_source(spec)
+    if source.token is None:
+        return f"{method}: no token"
+    token = f"token obtained (lifetime {source.token.lifetime:.0f}s)"
+    return f"{method}: {token}, {'login OK' if logged_in else 'login failed'}"

@@ -20,6 +20,7 @@ from tenant_proc.connect import (
 )
 from tenant_proc.control import Control, StopRequested, readable_fds
 from tenant_proc.mailbox import Mailbox, Notice
+from tenant_proc.signin.errors import raise_if_mailbox_refused
 from tenant_proc.memory import return_free_memory
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store_api import LeaseLost, StoreError
@@ -96,7 +97,8 @@ class Session:
         # EXAMINE (read-only): processing mail can never change its flags.
         try:
             return client.select_folder(self.spec.folder, readonly=True)
-        except IMAPClientError:
+        except IMAPClientError as exc:
+            raise_if_mailbox_refused(self.spec, exc)  # Exchange: token fine, no mailbox access
             if not client.folder_exists(self.spec.folder):
                 raise FatalError("config", f"folder {self.spec.folder!r} does not exist") from None
             raise

@@ -13,6 +13,7 @@ Security = Literal["tls", "starttls", "plain"]
 Backfill = Literal["none", "unseen", "all"]
 
 SECURITY_MODES: tuple[str, ...] = ("tls", "starttls", "plain")
+AUTH_METHODS: tuple[str, ...] = ("password", "xoauth2", "oauthbearer")
 BACKFILL_MODES: tuple[str, ...] = ("none", "unseen", "all")
 
 
@@ -96,6 +97,35 @@ class StateSpec:
 
 
 @dataclass(frozen=True)
+class OAuthSpec:
+    """The [tenant.oauth] table, validated and with defaults filled in (supervisor/oauth_rows.py).
+
+    Secrets are Secret; files (service account key, certificate) are read by the tenant
+    process at each token request, so a rotated key file needs no restart.
+    """
+
+    provider: str  # microsoft | google | command
+    flow: str  # microsoft: client_credentials | refresh_token; google: service_account | refresh_token
+    token_url: str = ""  # full URL of the token endpoint (unused by command)
+    scope: str = ""
+    tenant: str = ""  # microsoft: directory id or domain
+    client_id: str = ""
+    client_secret: Secret | None = field(default=None, repr=False)
+    refresh_token: Secret | None = field(default=None, repr=False)  # the configured seed
+    certificate_file: str | None = None  # microsoft: PEM with private key and certificate
+    certificate: Secret | None = field(default=None, repr=False)  # the same, inline (Supabase)
+    service_account_file: str | None = None  # google: the JSON key file
+    service_account_json: Secret | None = field(default=None, repr=False)  # the same, inline
+    subject: str = ""  # google service_account: the mailbox (default: the tenant's username)
+    command: tuple[str, ...] = ()
+    token_ca_file: str | None = None
+    token_timeout: float = 10.0  # one token request or command run; well below heartbeat_timeout
+
+    def label(self) -> str:
+        return f"{self.provider} {self.flow}" if self.flow else self.provider
+
+
+@dataclass(frozen=True)
 class TenantSpec:
     """One company's mailbox and everything its process needs."""
 
@@ -119,6 +149,8 @@ class TenantSpec:
     # [cluster]: the fencing token of this company's lease, sent with every state write so the
     # database refuses them once another instance claimed the company. None: not clustered.
     fencing_token: int | None = None
+    auth: str = "password"  # password | xoauth2 | oauthbearer
+    oauth: OAuthSpec | None = None  # set when auth is not "password"
 
     def public_info(self) -> dict[str, Any]:
         """Tenant info safe to hand to handlers, logs and status: no secrets."""

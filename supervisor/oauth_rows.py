@@ -1,0 +1,170 @@
+"""The `auth` key and the [tenant.oauth] table of a tenant row -> OAuthSpec (validated, defaults in).
+
+Same rules for a file's [[tenant]] and a Supabase companies row (source_supabase maps its
+columns onto these keys). Secrets are read from the environment (`*_env`) or the row and kept
+as Secret; key files are checked to exist here and read by the tenant process when it signs in.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from supervisor.errors import ConfigError
+from tenant_proc.connect import is_loopback
+from tenant_proc.spec import AUTH_METHODS, OAuthSpec, Secret
+
+FLOWS = {
+    "microsoft": ("client_credentials", "refresh_token"),
+    "google": ("service_account", "refresh_token"),
+    "command": ("",),
+}
+DEFAULT_TOKEN_URLS = {
+    "microsoft": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+    "google": "https://oauth2.googleapis.com/token",
+}
+DEFAULT_SCOPES = {
+    ("microsoft", "client_credentials"): "https://outlook.office365.com/.default",
+    ("microsoft", "refresh_token"): "https://outlook.office365.com/.default offline_access",
+    ("google", "service_account"): "https://mail.google.com/",
+    ("google", "refresh_token"): "https://mail.google.com/",
+    ("command", ""): "",
+}
+OAUTH_KEYS = {
+    "provider", "flow", "tenant", "client_id", "client_secret", "client_secret_env",
+    "refresh_token", "refresh_token_env", "certificate_file", "certificate",
+    "service_account_file", "service_account_json", "subject", "command", "token_url", "scope",
+    "token_ca_file", "token_timeout",
+}
+MAX_TOKEN_TIMEOUT = 25.0  # below the default heartbeat_timeout (30 s) with room to spare
+
+
+def auth_method(row: Mapping[str, Any]) -> str:
+    auth = row.get("auth", "password")
+    if auth not in AUTH_METHODS:
+        raise ConfigError(f"auth must be one of {', '.join(AUTH_METHODS)}")
+    if auth == "password" and row.get("oauth") not in (None, {}):
+        raise ConfigError("[tenant.oauth] is set but auth is \"password\": set auth = \"xoauth2\" "
+                          "or \"oauthbearer\"")
+    return str(auth)
+
+
+def oauth_spec_from_row(row: Mapping[str, Any], environ: Mapping[str, str], base_dir: str) -> OAuthSpec:
+    table = row.get("oauth")
+    if not isinstance(table, Mapping) or not table:
+        raise ConfigError(f"auth = {row.get('auth')!r} needs a [tenant.oauth] table")
+    unknown = set(table) - OAUTH_KEYS
+    if unknown:
+        raise ConfigError(f"unknown [tenant.oauth] key(s) {', '.join(sorted(unknown))}")
+    provider = table.get("provider")
+    if provider not in FLOWS:
+        raise ConfigError(f"oauth.provider must be one of {', '.join(FLOWS)}")
+    flow = table.get("flow", FLOWS[provider][0])
+    if flow not in FLOWS[provider]:
+        raise ConfigError(f"oauth.flow for {provider} must be one of {', '.join(FLOWS[provider])}"
+                          if provider != "command" else "oauth.flow is not used with provider command")
+    text = {key: _optional_str(table, key) for key in ("tenant", "client_id", "subject")}
+    client_secret = _secret(table, "client_secret", environ)
+    refresh_token = _secret(table, "refresh_token", environ)
+    certificate = _secret(table, "certificate", {})
+    service_account_json = _secret(table, "service_account_json", {})
+    files = {key: _file(table, key, base_dir)
+             for key in ("certificate_file", "service_account_file", "token_ca_file")}
+    command = _command(table) if provider == "command" else ()
+
+    if provider == "microsoft" and not text["tenant"]:
+        raise ConfigError("oauth.tenant (directory id or domain) is required for microsoft")
+    if provider != "command" and not text["client_id"] and flow != "service_account":
+        raise ConfigError("oauth.client_id is required")
+    if flow == "refresh_token":
+        if refresh_token is None:
+            raise ConfigError("oauth flow refresh_token needs refresh_token_env (or refresh_token)")
+        if provider == "google" and client_secret is None:
+            raise ConfigError("oauth google refresh_token needs client_secret_env (or client_secret)")
+    if flow == "client_credentials" and client_secret is None and certificate is None \
+            and files["certificate_file"] is None:
+        raise ConfigError("oauth client_credentials needs client_secret_env, client_secret, "
+                          "certificate_file or certificate")
+    if flow == "service_account" and service_account_json is None and files["service_account_file"] is None:
+        raise ConfigError("oauth service_account needs service_account_file (or service_account_json)")
+
+    token_url = _token_url(table, provider, text["tenant"])
+    scope = table.get("scope", DEFAULT_SCOPES[(provider, flow)])
+    if not isinstance(scope, str):
+        raise ConfigError("oauth.scope must be a string")
+    return OAuthSpec(
+        provider=provider, flow=flow, token_url=token_url, scope=scope,
+        tenant=text["tenant"], client_id=text["client_id"], client_secret=client_secret,
+        refresh_token=refresh_token, certificate_file=files["certificate_file"],
+        certificate=certificate, service_account_file=files["service_account_file"],
+        service_account_json=service_account_json, subject=text["subject"], command=command,
+        token_ca_file=files["token_ca_file"], token_timeout=_timeout(table),
+    )
+
+
+def _token_url(table: Mapping[str, Any], provider: str, tenant: str) -> str:
+    if provider == "command":
+        return ""
+    url = table.get("token_url") or DEFAULT_TOKEN_URLS[provider].format(tenant=tenant)
+    if not isinstance(url, str):
+        raise ConfigError("oauth.token_url must be a URL")
+    parts = urlsplit(url)
+    if not parts.hostname or parts.scheme not in ("https", "http"):
+        raise ConfigError(f"oauth.token_url {url!r} is not an http(s) URL")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ConfigError("oauth.token_url must use https (http only on a loopback host)")
+    return url
+
+
+def _secret(table: Mapping[str, Any], key: str, environ: Mapping[str, str]) -> Secret | None:
+    env_key = f"{key}_env"
+    if env_key in table:
+        var = table[env_key]
+        if not isinstance(var, str) or not var:
+            raise ConfigError(f"oauth.{env_key} must name an environment variable")
+        value = environ.get(var)
+        if not value:
+            raise ConfigError(f"environment variable {var} (oauth.{env_key}) is not set")
+        return Secret(value)
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"oauth.{key} must be a non-empty string")
+    return Secret(value)
+
+
+def _optional_str(table: Mapping[str, Any], key: str) -> str:
+    value = table.get(key, "")
+    if not isinstance(value, str):
+        raise ConfigError(f"oauth.{key} must be a string")
+    return value.strip()
+
+
+def _file(table: Mapping[str, Any], key: str, base_dir: str) -> str | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"oauth.{key} must be a path")
+    path = Path(value)
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    if not path.is_file():
+        raise ConfigError(f"oauth.{key} {path} does not exist")
+    return str(path)
+
+
+def _command(table: Mapping[str, Any]) -> tuple[str, ...]:
+    command = table.get("command")
+    if not isinstance(command, (list, tuple)) or not command or \
+            not all(isinstance(arg, str) and arg for arg in command):
+        raise ConfigError("oauth.command must be a list of strings (argv, no shell)")
+    return tuple(command)
+
+
+def _timeout(table: Mapping[str, Any]) -> float:
+    value = table.get("token_timeout", 10.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= MAX_TOKEN_TIMEOUT:
+        raise ConfigError(f"oauth.token_timeout must be a number of seconds from 1 to {MAX_TOKEN_TIMEOUT:g}")
+    return float(value)
