@@ -280,7 +280,9 @@ class IdentityProvider:
     def handle_token(self, path: str, form: dict[str, str], authorization: str | None) -> tuple[int, dict[str, Any], dict[str, str]]:
         microsoft = "/oauth2/" in path
         grant_type = form.get("grant_type", "")
-        client_id = form.get("client_id") or basic_user(authorization) or assertion_issuer(form) or "?"
+        # A service account is known by its assertion's iss, whatever client_id comes along.
+        client_id = (assertion_issuer(form) if grant_type == JWT_BEARER else None) \
+            or form.get("client_id") or basic_user(authorization) or "?"
         with self._lock:
             self.by_grant_type[grant_type] += 1
             self.by_client[client_id] += 1

@@ -84,7 +84,10 @@ def oauth_tenant(idp: IdentityProvider, workdir: Path, flow: str, tid: str, mech
             workdir / f"{tid}-token-credentials.json", idp.microsoft_token_url(DIRECTORY), client_id,
             secret, MICROSOFT_SCOPE, ca_file=idp.ca_file if idp.tls else None)
         oauth = {"provider": "command",
-                 "command": [sys.executable, "-m", "tests.idp_keys", "print-token", str(creds)]}
+                 # the file itself, not `-m tests.idp_keys`: the product runs the command in a
+                 # clean environment (no PYTHONPATH), as it should
+                 "command": [sys.executable, str(Path(__file__).with_name("idp_keys.py")),
+                             "print-token", str(creds)]}
     else:
         raise ValueError(f"unknown flow {flow!r}; one of {FLOWS}")
     if idp.tls and flow != "command":
