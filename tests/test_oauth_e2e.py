@@ -9,6 +9,7 @@ the exact error lines and state tables these tests expect.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from tests.dovecot import Dovecot, make_message
 from tests.faultlib import write_spy
 from tests.idp import IdentityProvider
 from tests.oauth_tenants import FLOWS, OAuthTenant, oauth_tenant, private_key_lines, sasl_forms
-from tests.supervisor_run import REPO_ROOT, SupervisorRun, unique_emails
+from tests.supervisor_run import REPO_ROOT, SupabaseRun, SupervisorRun, unique_emails
 
 pytestmark = pytest.mark.integration
 
@@ -167,6 +168,34 @@ def test_rotated_refresh_token_survives_a_supervisor_restart(
     with run.start(timeout=30):
         assert run.tenant("msrt")["state"] == "idle", run.log_text()[-3000:]
     assert len(fresh.refresh_history) >= 2
+
+
+@pytest.mark.slow
+def test_rotated_refresh_token_in_supabase_survives_a_redeploy_with_a_fresh_state_dir(
+        idp: IdentityProvider, oauth_dovecot: Dovecot, pg_db: Any, postgrest: Any, tmp_path: Path) -> None:
+    grant = idp.add_refresh_grant("sb-client", "sb@contoso.example", client_secret="sb-secret")
+    oauth = {"provider": "microsoft", "flow": "refresh_token", "tenant": "contoso.onmicrosoft.com",
+             "client_id": "sb-client", "token_url": idp.microsoft_token_url()}
+    pg_db.execute(
+        "INSERT INTO companies (id, name, imap_host, imap_port, imap_security, imap_username, imap_auth, "
+        "oauth, oauth_client_secret, oauth_refresh_token) "
+        "VALUES ('sb', 'Sb AB', '127.0.0.1', %s, 'tls', 'sb@contoso.example', 'xoauth2', %s, 'sb-secret', %s)",
+        (oauth_dovecot.imaps_port, json.dumps(oauth), grant.refresh_token))
+    settings = {"tenant_refresh": 300}
+    with SupabaseRun(tmp_path / "first", oauth_dovecot, [], supervisor=settings, api=postgrest).start(
+            wait_running=False) as run:
+        run.wait_tenants({"sb"}, timeout=30)
+        assert run.stop() == 0
+    assert len(grant.refresh_history) >= 2  # the seed in the row is dead now
+    assert pg_db.execute("SELECT refresh_token FROM oauth_tokens WHERE company_id = 'sb'") == [(grant.refresh_token,)]
+    with SupabaseRun(tmp_path / "second", oauth_dovecot, [], supervisor=settings, api=postgrest).start(
+            wait_running=False) as run:
+        run.wait_tenants({"sb"}, timeout=30)
+        oauth_dovecot.deliver("sb@contoso.example", make_message("after the redeploy"))
+        assert [e["subject"] for e in run.wait_emails(1, timeout=20)] == ["after the redeploy"]
+        assert "invalid_grant" not in run.log_text()
+        for secret in ["sb-secret", *grant.refresh_history]:
+            assert secret not in run.log_text() and secret not in (run.state_dir / "status.json").read_text()
 
 
 @pytest.mark.slow
