@@ -24,7 +24,8 @@ Retry-After, or 5xx, N times), and request counters per grant type and per clien
         url = idp.microsoft_token_url("contoso.onmicrosoft.com")
 
 Key helpers (RSA key pair, a Google-format service-account JSON file) and a token-printing
-program for the ``command`` provider live in tests/idp_keys.py.
+program for the ``command`` provider live in tests/idp_keys.py, the HTTP server and handler in
+tests/idp_http.py, ready-made supervisor tenants per flow in tests/oauth_tenants.py.
 """
 from __future__ import annotations
 
