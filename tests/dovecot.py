@@ -425,6 +425,7 @@ class Dovecot:
         `username` must equal the SASL user. The static userdb takes any mailbox name."""
         if not self.oauth2_introspection_url:
             return []
+        ca_copy = Path(shutil.copy(self.ca_file, self.runtime_dir / "oauth2-ca.pem"))
         self.oauth2_conf_path.write_text(
             "introspection_mode = post\n"
             f"introspection_url = {self.oauth2_introspection_url}\n"
@@ -432,8 +433,12 @@ class Dovecot:
             "active_attribute = active\n"
             "active_value = true\n"
             "timeout_msecs = 10000\n"
+            # An https introspection URL (tests/idp.py with tls=True) is served with the test CA;
+            # a copy, as the auth process (user dovecot) cannot enter the private certs dir.
+            f"tls_ca_cert_file = {ca_copy}\n"
         )
-        self.oauth2_conf_path.chmod(0o644)  # read by the auth process (user dovecot under root)
+        for path in (self.oauth2_conf_path, ca_copy):
+            path.chmod(0o644)  # read by the auth process (user dovecot under root)
         return ["passdb {", "  driver = oauth2", "  mechanisms = xoauth2 oauthbearer",
                 f"  args = {self.oauth2_conf_path}", "}"]
 

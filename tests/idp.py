@@ -24,12 +24,11 @@ Retry-After, or 5xx, N times), and request counters per grant type and per clien
         url = idp.microsoft_token_url("contoso.onmicrosoft.com")
 
 Key helpers (RSA key pair, a Google-format service-account JSON file) and a token-printing
-program for the ``command`` provider live in tests/idp_keys.py.
+program for the ``command`` provider live in tests/idp_keys.py, the HTTP server and handler in
+tests/idp_http.py, ready-made supervisor tenants per flow in tests/oauth_tenants.py.
 """
 from __future__ import annotations
 
-import base64
-import json
 import secrets
 import socket
 import ssl
@@ -37,21 +36,19 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from joserfc import errors as jose_errors
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from tests.certs import session_certs
+from tests.idp_http import IdpServer, assertion_issuer, basic_password, basic_user
 
 MICROSOFT_SCOPE = "https://outlook.office365.com/.default"
 GOOGLE_SCOPE = "https://mail.google.com/"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-MAX_BODY = 64 * 1024           # a token request is a few hundred bytes
 MAX_ASSERTION_LIFETIME = 3600  # Google: "Token must be a short-lived token (60 minutes)"
 CLOCK_SKEW = 300               # seconds of iat/exp leeway, as Google allows
 
@@ -112,7 +109,8 @@ class IdentityProvider:
         self.by_client: Counter[str] = Counter()
         self.introspections = 0
         self._issued: list[str] = []
-        self._server: _Server | None = None
+        self._issued_access: list[tuple[str, str]] = []  # (access token, mailbox)
+        self._server: IdpServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
 
@@ -134,7 +132,7 @@ class IdentityProvider:
             certs = session_certs()
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(certs.server_cert, certs.server_key)
-        self._server = _Server((self.host, self.port), self, context)
+        self._server = IdpServer((self.host, self.port), self, context)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"idp-{self.port}", daemon=True)
@@ -156,6 +154,14 @@ class IdentityProvider:
                 pass
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def track_connection(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(conn)
+
+    def untrack_connection(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(conn)
 
     @property
     def running(self) -> bool:
@@ -259,12 +265,25 @@ class IdentityProvider:
         with self._lock:
             return sorted(set(self._issued))
 
+    def refresh_token_valid(self, refresh_token: str | None) -> bool:
+        """Would the token endpoint accept this refresh token now (not rotated out, not revoked)?"""
+        with self._lock:
+            grant = self._by_refresh.get(refresh_token or "")
+            return grant is not None and not grant.revoked
+
+    def issued_access_tokens(self) -> list[tuple[str, str]]:
+        """(access token, mailbox) of every access token issued (for their SASL forms)."""
+        with self._lock:
+            return list(self._issued_access)
+
     # ------------------------------------------------------------------ HTTP entry points
 
     def handle_token(self, path: str, form: dict[str, str], authorization: str | None) -> tuple[int, dict[str, Any], dict[str, str]]:
         microsoft = "/oauth2/" in path
         grant_type = form.get("grant_type", "")
-        client_id = form.get("client_id") or _basic_user(authorization) or _assertion_issuer(form) or "?"
+        # A service account is known by its assertion's iss, whatever client_id comes along.
+        client_id = (assertion_issuer(form) if grant_type == JWT_BEARER else None) \
+            or form.get("client_id") or basic_user(authorization) or "?"
         with self._lock:
             self.by_grant_type[grant_type] += 1
             self.by_client[client_id] += 1
@@ -309,8 +328,8 @@ class IdentityProvider:
                          f"Invalid grant_type: {grant_type}")
 
     def _authenticate_client(self, form: dict[str, str], authorization: str | None, kind: str) -> Grant:
-        client_id = form.get("client_id") or _basic_user(authorization) or ""
-        secret = form.get("client_secret") or _basic_password(authorization)
+        client_id = form.get("client_id") or basic_user(authorization) or ""
+        secret = form.get("client_secret") or basic_password(authorization)
         grant = next((g for g in self._grants if g.kind == kind and g.client_id == client_id), None)
         if grant is None:
             raise OAuthError(400, "unauthorized_client",
@@ -330,8 +349,8 @@ class IdentityProvider:
                              "AADSTS70000: The provided value for the 'refresh_token' is not valid: "
                              "it was already used (rotated) or never issued.",
                              "Bad Request")
-        client_id = form.get("client_id") or _basic_user(authorization) or ""
-        secret = form.get("client_secret") or _basic_password(authorization)
+        client_id = form.get("client_id") or basic_user(authorization) or ""
+        secret = form.get("client_secret") or basic_password(authorization)
         if client_id != grant.client_id or (grant.client_secret is not None and not secrets.compare_digest(
                 (secret or "").encode(), grant.client_secret.encode())):
             raise OAuthError(401, "invalid_client",
@@ -345,7 +364,7 @@ class IdentityProvider:
 
     def _jwt_bearer(self, path: str, form: dict[str, str]) -> dict[str, Any]:
         assertion = form.get("assertion", "")
-        issuer = _assertion_issuer(form)
+        issuer = assertion_issuer(form)
         grant = next((g for g in self._grants if g.kind == "service_account" and g.client_id == issuer), None)
         if grant is None or grant.public_key is None:
             raise OAuthError(400, "invalid_grant", "AADSTS50027: JWT token is invalid or malformed.",
@@ -402,6 +421,7 @@ class IdentityProvider:
                             time.monotonic() + (self.token_lifetime if lifetime is None else lifetime))
         self._tokens[value] = token
         self._remember(value)
+        self._issued_access.append((value, token.mailbox))
         return token
 
     def _issue_refresh(self, grant: Grant) -> None:
@@ -412,105 +432,3 @@ class IdentityProvider:
 
     def _remember(self, value: str) -> None:
         self._issued.append(value)
-
-
-# ---------------------------------------------------------------------- HTTP plumbing
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True  # up() after down() binds the same port at once
-
-    def __init__(self, address: tuple[str, int], idp: IdentityProvider, tls: ssl.SSLContext | None) -> None:
-        self.idp = idp
-        self.tls = tls
-        super().__init__(address, _Handler)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # TLS handshake here, in the connection's own thread, never in the accept loop.
-        conn = request
-        try:
-            request.settimeout(10)
-            if self.tls is not None:
-                conn = self.tls.wrap_socket(request, server_side=True)
-            with self.idp._lock:
-                self.idp._connections.add(conn)
-            self.RequestHandlerClass(conn, client_address, self)
-        except (OSError, ssl.SSLError):
-            pass  # a client that hung up or failed the handshake; nothing to report
-        finally:
-            with self.idp._lock:
-                self.idp._connections.discard(conn)
-            if conn is not request:
-                conn.close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"     # keep-alive, as the providers
-    disable_nagle_algorithm = True    # else every keep-alive answer waits ~40 ms (DESIGN-NOTES 5)
-    server: _Server
-
-    def do_POST(self) -> None:
-        path = urlsplit(self.path).path
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self._send(413, {"error": "invalid_request", "error_description": "body too large"})
-            return
-        body = self.rfile.read(length).decode("utf-8", "replace")
-        if not self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
-            self._send(400, {"error": "invalid_request",
-                             "error_description": "expected a form-encoded POST body"})
-            return
-        form = dict(parse_qsl(body, keep_blank_values=True))
-        if path.endswith("/token"):
-            status, answer, headers = self.server.idp.handle_token(path, form, self.headers.get("Authorization"))
-            self._send(status, answer, headers)
-        elif path.endswith("/introspect"):
-            self._send(200, self.server.idp.handle_introspection(form))
-        else:
-            self._send(404, {"error": "not_found"})
-
-    def do_GET(self) -> None:
-        self._send(405, {"error": "invalid_request", "error_description": "use POST"})
-
-    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # quiet: a test shows the counters, not an access log
-
-
-def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:
-    """client_secret_basic (RFC 6749 2.3.1): url-encoded id and secret, base64 in Basic."""
-    if not authorization or not authorization.lower().startswith("basic "):
-        return None
-    try:
-        user, _, password = base64.b64decode(authorization[6:].strip()).decode().partition(":")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return unquote(user), unquote(password)
-
-
-def _basic_user(authorization: str | None) -> str | None:
-    creds = _basic_credentials(authorization)
-    return creds[0] if creds else None
-
-
-def _basic_password(authorization: str | None) -> str | None:
-    creds = _basic_credentials(authorization)
-    return creds[1] if creds else None
-
-
-def _assertion_issuer(form: dict[str, str]) -> str | None:
-    """The unverified iss of a JWT bearer assertion: it names the key to verify it with."""
-    try:
-        payload = form["assertion"].split(".")[1]
-        return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["iss"])
-    except (KeyError, IndexError, ValueError, TypeError):
-        return None

@@ -4,7 +4,7 @@
 * `write_service_account_file()`: a Google-format service-account JSON key file
   (`type`, `project_id`, `private_key_id`, `private_key`, `client_email`, `client_id`,
   `token_uri`, ...) as the Google Cloud console downloads it.
-* `python -m tests.idp_keys print-token CREDENTIALS.json`: the `command` provider's program for
+* `python tests/idp_keys.py print-token CREDENTIALS.json`: the `command` provider's program for
   tests. It asks the stand-in for an access token with client credentials and prints only the
   token. The credentials come from a file (never argv: the secrets test reads /proc/PID/cmdline).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import ssl
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -87,6 +88,6 @@ def print_token(credentials_file: str) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "print-token":
-        print("usage: python -m tests.idp_keys print-token CREDENTIALS.json", file=sys.stderr)
+        print("usage: python tests/idp_keys.py print-token CREDENTIALS.json", file=sys.stderr)
         sys.exit(2)
     sys.exit(print_token(sys.argv[2]))

@@ -35,6 +35,8 @@ class TenantEntry:
     ca_file: str | None | bool = True  # True: the Dovecot private CA; None: system trust
     folder: str = "INBOX"
     via_env: bool = True  # password through password_env (the documented way)
+    auth: str | None = None  # password (the product's default) | xoauth2 | oauthbearer
+    oauth: dict[str, Any] | None = None  # written as the tenant's [tenant.oauth] sub-table
 
     def env_var(self) -> str:
         return f"PW_{self.id.upper().replace('-', '_').replace('.', '_')}"
@@ -89,11 +91,14 @@ class SupervisorRun:
                 row["ca_file"] = str(self.dovecot.ca_file)
             elif isinstance(t.ca_file, str):
                 row["ca_file"] = t.ca_file
-            if t.via_env:
-                row["password_env"] = t.env_var()
-            else:
-                row["password"] = t.password
-            lines.append("[[tenant]]\n" + _body(row))
+            row["auth"] = t.auth
+            if t.auth is None or t.password:  # an OAuth tenant needs no password
+                if t.via_env:
+                    row["password_env"] = t.env_var()
+                else:
+                    row["password"] = t.password
+            oauth = f"[tenant.oauth]\n{_body(t.oauth)}" if t.oauth else ""
+            lines.append("[[tenant]]\n" + _body(row) + oauth)
         self.config_path.write_text("\n".join(lines))
 
     def env(self) -> dict[str, str]:

@@ -244,8 +244,8 @@ def test_print_token_program_prints_only_a_token(idp: IdentityProvider, tmp_path
     idp.add_app("app-1", "app-secret", mailbox=MAILBOX)
     creds = write_token_command_credentials(tmp_path / "creds.json", idp.microsoft_token_url(), "app-1",
                                             "app-secret", MICROSOFT_SCOPE)
-    done = subprocess.run([sys.executable, "-m", "tests.idp_keys", "print-token", str(creds)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "idp_keys.py"), "print-token", str(creds)],
+                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     token = done.stdout.strip()
     assert introspect(idp, token)["username"] == MAILBOX and token in idp.issued_secrets()
