@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tenant_proc.control import Control
+from tenant_proc.fetching import fetch_bodies
 from tenant_proc.failed_ledger import ledger_for
 
 if TYPE_CHECKING:
@@ -73,14 +74,23 @@ class Replayer:
             sizes = {uid: int(item[b"RFC822.SIZE"])
                      for uid, item in client.fetch(batch, ["RFC822.SIZE"]).items()
                      if b"RFC822.SIZE" in item}
-            messages = mailbox._fetch(client, [u for u in batch if u in sizes], sizes)
+            limit = mailbox.spec.imap.max_message_bytes
+            fetched = fetch_bodies(client, [u for u in batch if u in sizes], sizes, limit)
+            if fetched.busy is not None:  # the server said "not now": the next round, later
+                again = True
+                break
             for uid in batch:
                 self.control.check()
-                data: Any = messages.get(uid)
-                if data is None:
+                data: Any = fetched.messages.get(uid)
+                if uid in fetched.refused:
+                    done = mailbox._attempt_failed(uid, None, fetched.refused[uid], notice)
+                elif data is None:
                     self._gone(uid)
-                elif not mailbox._handle(uid, data, notice):
-                    again = True  # the handler failed again, attempts remain: later
+                    continue
+                else:
+                    done = mailbox._handle(uid, data, notice, truncated=sizes[uid] > limit)
+                if not done:
+                    again = True  # it failed again, attempts remain: later
         # The mailbox's retry bookkeeping is for the UID above the checkpoint; a failed replay
         # set it for its own UID. Put it back, and come back after retry_interval.
         mailbox.retry_uid, mailbox.retry_at = saved_retry
