@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from supervisor.config_env import strict_bool
 from supervisor.errors import ConfigError
 from tenant_proc.spec import SECURITY_MODES, Secret, TenantSpec
 
@@ -88,7 +89,7 @@ def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mappin
     folder = row.get("folder") or "INBOX"
     if not isinstance(folder, str):
         raise ConfigError("folder must be a string")
-    allow_insecure = bool(row.get("allow_insecure", False))
+    allow_insecure = strict_bool(row.get("allow_insecure", False), "allow_insecure")
     return TenantSpec(
         id=tenant_id,
         name=str(row.get("name") or tenant_id),
