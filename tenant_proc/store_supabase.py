@@ -23,11 +23,14 @@ company now, and nothing this process does may land.
 """
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from typing import Any
 
 from tenant_proc.store_api import Checkpoint, LeaseLost, StoreError, ledger_text
 from tenant_proc.supabase_client import close_client, describe_error, make_client
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = "imap_checkpoints"
 LEDGER = "processed_emails"
@@ -41,7 +44,14 @@ ATTEMPT_RETRIES = 5  # optimistic-concurrency rounds for the attempts counter
 # Per request. Well below [supervisor] heartbeat_timeout (30 s by default): a tenant blocked in
 # one store call sends no heartbeat, and a black-holed Supabase must not get it killed as hung.
 STORE_TIMEOUT = 10.0
-LEASE_LOST_CODE = "PT409"  # the SQLSTATE the fence raises; PostgREST answers it as HTTP 409
+LEASE_LOST_CODE = "PT409"
+# No fenced_begin_attempt (PostgREST's PGRST202, PostgreSQL's 42883), or a status check without
+# 'handling' (23514): a database migrated before sql/003 and sql/006.
+OUTDATED_SCHEMA_CODES = frozenset({"PGRST202", "42883", "23514"})
+
+
+class SchemaOutdated(StoreError):
+    """The database lacks a migration this call needs (sql/003, sql/006)."""  # the SQLSTATE the fence raises; PostgREST answers it as HTTP 409
 
 
 class SupabaseStore:
@@ -50,6 +60,7 @@ class SupabaseStore:
         self._url = url
         self._key = key  # kept only to scrub it from error text
         self._token = fencing_token
+        self._handling_mark = True  # False once the database turned out not to have it
         try:
             self._client = make_client(url, key, timeout=timeout)
         except Exception as exc:
@@ -146,7 +157,21 @@ class SupabaseStore:
         """Mark the UID 'handling' before the handler runs; return its previous status and
         attempts (semantics: SqliteStore.begin_attempt). Almost always the UID has no row yet:
         one insert-or-ignore. An existing row is changed with a compare-and-set on its old
-        status and attempts, so two writers cannot both count the same death."""
+        status and attempts, so two writers cannot both count the same death.
+
+        On a database without sql/003 and sql/006 it says so once and answers as is_done()
+        did before (plain at-least-once in that window), rather than stopping all mail."""
+        if not self._handling_mark:
+            return ("processed" if self.is_done(tenant_id, folder, uidvalidity, uid) else None), 0
+        try:
+            return self._begin_attempt(tenant_id, folder, uidvalidity, uid)
+        except SchemaOutdated as exc:
+            self._handling_mark = False
+            log.warning("%s; run sql/003_ledger_statuses.sql and sql/006_faults_mail.sql to get the "
+                        "'handling' mark (until then an email can be handed over again unmarked)", exc)
+            return self.begin_attempt(tenant_id, folder, uidvalidity, uid)
+
+    def _begin_attempt(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> tuple[str | None, int]:
         if self._token is not None:
             answer = self._fenced("mark handling", tenant_id, "fenced_begin_attempt", {
                 "p_company": tenant_id, "p_folder": folder, "p_uidvalidity": uidvalidity,
@@ -220,6 +245,9 @@ class SupabaseStore:
                 raise LeaseLost(f"tenant {tenant_id}: {what} refused, "
                                 f"{getattr(exc, 'message', None) or exc}") from None
             reason = describe_error(exc, self._key)
+            if getattr(exc, "code", None) in OUTDATED_SCHEMA_CODES:
+                raise SchemaOutdated(f"Supabase state store: {what} failed for tenant {tenant_id}: "
+                                     f"{reason}") from None
             if getattr(exc, "code", None) == "23503":
                 reason = (f"company {tenant_id!r} is not in the companies table "
                           "(the supabase state backend keys checkpoints by company id)")

@@ -82,3 +82,19 @@ def test_sqlite_ledger_text_is_clean_and_bounded(tmp_path: Path) -> None:
     store.close()
     assert rows[0][0] == "<ab@x>" and "\x00" not in rows[0][1] and len(rows[0][1]) <= MAX_LEDGER_TEXT + 1
     assert len(rows[1][0]) <= MAX_LEDGER_TEXT + 1
+
+
+def test_a_database_without_the_migration_still_handles_mail(postgrest: PostgrestServer,
+                                                             pg_db: PostgresDatabase, caplog) -> None:
+    """Deployed before running sql/006: one warning, then is_done() as before, never a stop."""
+    add_company(pg_db, "acme")
+    ((_, token),) = pg_db.execute("SELECT * FROM claim_companies('me', 30, 1)")
+    pg_db.execute("DROP FUNCTION fenced_begin_attempt(text, text, bigint, bigint, bigint)")
+    store = SupabaseStore(postgrest.url, TEST_SERVICE_KEY, fencing_token=token)
+    try:
+        assert store.begin_attempt("acme", "INBOX", 7, 5) == (None, 0)
+        assert "sql/006_faults_mail.sql" in caplog.text
+        store.mark_done("acme", "INBOX", 7, 5, "<5@x>", "processed")
+        assert store.begin_attempt("acme", "INBOX", 7, 5) == ("processed", 0)
+    finally:
+        store.close()
