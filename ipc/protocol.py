@@ -35,6 +35,10 @@ import orjson
 log = logging.getLogger("ipc")
 
 MAX_MESSAGE_BYTES = 64 * 1024  # a heartbeat is ~300 bytes; anything near this is a bug
+# Text fields that can come from an email or a server (a Message-ID, an error naming a
+# subject) are cut by the constructors below, so no field's size can make a frame too big:
+# encode() raising there once crashed the tenant for every such email.
+MAX_FIELD_CHARS = 1000
 
 # Exit-code contract (supervision rule 7): 0 clean stop, distinct codes for errors a restart
 # cannot fix (do not fast-retry), anything else is a crash.
@@ -111,6 +115,10 @@ def receive(conn: Connection) -> dict[str, Any] | None:
 
 # Small constructors so both sides spell messages the same way.
 
+def _cut(text: str | None, limit: int = MAX_FIELD_CHARS) -> str | None:
+    return text if text is None or len(text) <= limit else text[:limit] + "…"
+
+
 def hello(tenant_id: str, pid: int) -> dict[str, Any]:
     return {"type": "hello", "tenant_id": tenant_id, "pid": pid}
 
@@ -128,7 +136,7 @@ def heartbeat(
         "state": state,
         "mode": mode,
         "counters": counters,
-        "last_error": last_error,
+        "last_error": _cut(last_error),
         "server_idle_age": server_idle_age,
     }
     if quiet_for > 0:
@@ -143,14 +151,14 @@ def processed(
         "type": "processed",
         "uid": uid,
         "uidvalidity": uidvalidity,
-        "message_id": message_id,
+        "message_id": _cut(message_id),
         "status": status,
         "latency": latency,
     }
 
 
 def fatal(kind: str, reason: str) -> dict[str, Any]:
-    return {"type": "fatal", "kind": kind, "reason": reason}
+    return {"type": "fatal", "kind": kind, "reason": _cut(reason)}
 
 
 def stop() -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from supervisor.config_env import CONFIG_ENV, env_overrides, resolve_config_path  # noqa: F401 (re-exported)
 from supervisor.config_timeouts import derive_timeouts
+from supervisor.config_env import strict_bool
 from supervisor.errors import ConfigError
 from tenant_proc.spec import (
     BACKFILL_MODES,
@@ -111,9 +112,7 @@ def _dataclass_from_table(cls: type, table: Any, section: str) -> Any:
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false")
-        return value
+        return strict_bool(value, where)
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number")

@@ -58,3 +58,14 @@ def _env_value(raw: str) -> Any:
         return raw
 
 
+
+
+def strict_bool(value: Any, where: str) -> bool:
+    """true/false, or their text in any case ("false" from an environment variable or a text
+    column): anything else is refused, never guessed. bool("false") is True, which once turned
+    allow_insecure = "false" into plain-text IMAP."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{where} must be true or false, not {str(value)[:40]!r}")

@@ -12,6 +12,8 @@ import time
 
 import orjson
 
+from tenant_proc.logs import escape_controls
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -30,6 +32,16 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """One event, one line: control characters in the message (ANSI escapes, CR/LF from an
+    email header) are escaped, so mail can neither colour a terminal nor forge log lines.
+    Tracebacks keep their own line breaks. (JSON lines escape them by themselves.)"""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 def under_journald() -> bool:
     stream = os.environ.get("JOURNAL_STREAM", "")
     if not stream:
@@ -46,9 +58,9 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     elif under_journald():
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        handler.setFormatter(TextFormatter("%(levelname)s %(message)s"))
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        formatter = TextFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
     root = logging.getLogger()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from supervisor.config_env import strict_bool
 from supervisor.errors import ConfigError
 from supervisor.oauth_rows import auth_method, oauth_spec_from_row
 from tenant_proc.spec import SECURITY_MODES, Secret, TenantSpec
@@ -92,7 +93,7 @@ def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mappin
     folder = row.get("folder") or "INBOX"
     if not isinstance(folder, str):
         raise ConfigError("folder must be a string")
-    allow_insecure = bool(row.get("allow_insecure", False))
+    allow_insecure = strict_bool(row.get("allow_insecure", False), "allow_insecure")
     webhook_url = row.get("webhook_url") or None
     if webhook_url is not None and (
             not isinstance(webhook_url, str) or not webhook_url.startswith(("http://", "https://"))):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,8 @@ from typing import Any
 import orjson
 
 from tenant_proc.handler_loader import HandlerContext
+from tenant_proc.handlers_command import DEFAULT_COMMAND_TIMEOUT, command  # noqa: F401 (a shipped handler)
 from tenant_proc.message import Email
-
-DEFAULT_COMMAND_TIMEOUT = 60.0
 
 
 def jsonl(email: Email, context: HandlerContext) -> None:
@@ -76,39 +74,6 @@ def log(email: Email, context: HandlerContext) -> None:
     context.logger.info(
         "email uid %d %s from %s: %s", email.uid, email.message_id, email.from_, email.subject
     )
-
-
-def command(email: Email, context: HandlerContext) -> None:
-    """Run options["argv"] with the raw message on stdin; a non-zero exit retries the email."""
-    argv = context.options.get("argv")
-    # A tuple when it comes from the config file: specs are frozen so reloads can compare them.
-    if not isinstance(argv, (list, tuple)) or not argv or not all(isinstance(a, str) for a in argv):
-        raise ValueError("command handler needs options argv = [program, args...]")
-    argv = list(argv)
-    timeout = float(context.options.get("timeout", DEFAULT_COMMAND_TIMEOUT))
-    env = dict(os.environ)
-    env.update(
-        IDLE_TENANT_ID=email.tenant_id,
-        IDLE_UID=str(email.uid),
-        IDLE_UIDVALIDITY=str(email.uidvalidity),
-        IDLE_MESSAGE_ID=email.message_id or "",
-        IDLE_FOLDER=email.folder,
-        IDLE_REDELIVERED="1" if email.redelivered else "",  # may already have been handled
-    )
-    result = subprocess.run(
-        argv,
-        input=email.raw,
-        env=env,
-        cwd=context.base_dir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        timeout=timeout,  # on expiry the child is killed and TimeoutExpired raised: a retry
-        check=False,
-    )
-    if result.returncode != 0:
-        detail = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        tail = f": {detail[-1][:200]}" if detail else ""
-        raise RuntimeError(f"{argv[0]} exited with {result.returncode}{tail}")
 
 
 def null(email: Email, context: HandlerContext) -> None:

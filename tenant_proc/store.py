@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from tenant_proc.spec import TenantSpec
-from tenant_proc.store_api import Checkpoint, StateStore, StoreError
+from tenant_proc.store_api import Checkpoint, StateStore, StoreError, ledger_text
 
 DB_NAME = "checkpoints.sqlite3"
 
@@ -109,6 +109,7 @@ class SqliteStore:
         error: str | None = None,
     ) -> None:
         now = time.time()
+        message_id, error = ledger_text(message_id), ledger_text(error)
         self._write(
             [
                 # A row already done stays as it is: mark_done is idempotent.
@@ -135,6 +136,7 @@ class SqliteStore:
         self, tenant_id: str, folder: str, uidvalidity: int, uid: int,
         message_id: str | None, error: str,
     ) -> int:
+        message_id, error = ledger_text(message_id), ledger_text(error)
         self._write(
             [
                 (

@@ -13,17 +13,35 @@ Semantics the mailbox loop relies on:
   Marks the UID "handling" before the handler runs, so a crash between the handler's return
   and mark_done() is seen after the restart and the email handed over as `redelivered`, and a
   death while handling counts as an attempt (an email that kills its process is given up after
-  max_attempts). Backends without it (Supabase) are plain at-least-once in that window.
+  max_attempts). Both backends have it (Supabase since sql/006_faults_mail.sql).
 - Optional, for Message-ID deduplication and UIDVALIDITY changes (tenant_proc/uidvalidity.py):
   handled_message_id(tenant_id, message_id, since=None, not_uidvalidity=None) -> bool,
   last_handled_at(tenant_id, folder, uidvalidity) -> epoch | None (both backends), and
   save_reprocess_until / load_reprocess_until (SQLite: the reprocessing range survives a
   restart; elsewhere it lives in the process). Done statuses also include "expunged" and
   "duplicate".
+- Text written to the ledger (Message-ID, error) goes through ledger_text(): NUL removed
+  (PostgreSQL text cannot hold it, and a refused write after the handler ran used to hand the
+  email over again about once a second), unpaired surrogates replaced, length bounded.
 """
 from __future__ import annotations
 
 from typing import NamedTuple, Protocol
+
+
+MAX_LEDGER_TEXT = 2000  # a Message-ID is ~60 characters; a handler's error text is cut here
+
+
+def ledger_text(text: str | None) -> str | None:
+    """A string every backend stores as given: no NUL, valid UTF-8, at most MAX_LEDGER_TEXT."""
+    if text is None:
+        return None
+    text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text if len(text) <= MAX_LEDGER_TEXT else text[:MAX_LEDGER_TEXT] + "…"
 
 
 class Checkpoint(NamedTuple):

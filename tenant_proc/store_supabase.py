@@ -8,7 +8,10 @@ back or overwrite a finished ledger row:
 - the checkpoint advances with `PATCH ... WHERE uidvalidity = V AND last_uid < uid`; only when
   no row exists yet is one inserted (insert-or-ignore);
 - a ledger row is inserted-or-ignored, and an existing one is only updated while it is still
-  'retrying' (a done row stays as it was: mark_done is idempotent).
+  'retrying' or 'handling' (a done row stays as it was: mark_done is idempotent);
+- begin_attempt marks the UID 'handling' before the handler runs, as the SQLite store does
+  (store_api.py): a write failing after the handler ran, or a death, hands the email over
+  again as redelivered and counts the attempt, instead of re-running the handler unmarked.
 
 Created inside the tenant process, after the fork (see store.open_store): nothing inherited.
 
@@ -20,11 +23,14 @@ company now, and nothing this process does may land.
 """
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from typing import Any
 
-from tenant_proc.store_api import Checkpoint, LeaseLost, StoreError
+from tenant_proc.store_api import Checkpoint, LeaseLost, StoreError, ledger_text
 from tenant_proc.supabase_client import close_client, describe_error, make_client
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = "imap_checkpoints"
 LEDGER = "processed_emails"
@@ -32,14 +38,21 @@ LEDGER_KEY = "company_id,folder,uidvalidity,uid"
 CHECKPOINT_KEY = "company_id,folder"
 # sql/003 allows expunged (gone before the FETCH) and duplicate (Message-ID already handled).
 DONE_STATUSES = ("processed", "failed", "expunged", "duplicate")
-MAX_ERROR_CHARS = 2000  # a handler's traceback text is useful, a megabyte of it is not
+UNFINISHED_STATUSES = ("retrying", "handling")
 ATTEMPT_RETRIES = 5  # optimistic-concurrency rounds for the attempts counter
 
 
 # Per request. Well below [supervisor] heartbeat_timeout (30 s by default): a tenant blocked in
 # one store call sends no heartbeat, and a black-holed Supabase must not get it killed as hung.
 STORE_TIMEOUT = 10.0
-LEASE_LOST_CODE = "PT409"  # the SQLSTATE the fence raises; PostgREST answers it as HTTP 409
+LEASE_LOST_CODE = "PT409"
+# No fenced_begin_attempt (PostgREST's PGRST202, PostgreSQL's 42883), or a status check without
+# 'handling' (23514): a database migrated before sql/003 and sql/006.
+OUTDATED_SCHEMA_CODES = frozenset({"PGRST202", "42883", "23514"})
+
+
+class SchemaOutdated(StoreError):
+    """The database lacks a migration this call needs (sql/003, sql/006)."""  # the SQLSTATE the fence raises; PostgREST answers it as HTTP 409
 
 
 class SupabaseStore:
@@ -48,6 +61,7 @@ class SupabaseStore:
         self._url = url
         self._key = key  # kept only to scrub it from error text
         self._token = fencing_token
+        self._handling_mark = True  # False once the database turned out not to have it
         try:
             self._client = make_client(url, key, timeout=timeout)
         except Exception as exc:
@@ -88,36 +102,38 @@ class SupabaseStore:
     ) -> None:
         if status not in DONE_STATUSES:
             raise ValueError(f"status must be one of {DONE_STATUSES}, not {status!r}")
+        message_id, error = ledger_text(message_id), ledger_text(error)
         if self._token is not None:
             self._fenced("write ledger", tenant_id, "fenced_mark_done", {
                 "p_company": tenant_id, "p_folder": folder, "p_uidvalidity": uidvalidity,
                 "p_uid": uid, "p_message_id": message_id, "p_status": status,
-                "p_error": _clip(error)})
+                "p_error": error})
             return
         key = _ledger_key(tenant_id, folder, uidvalidity, uid)
-        fields = {"message_id": message_id, "status": status, "error": _clip(error),
+        fields = {"message_id": message_id, "status": status, "error": error,
                   "processed_at": _now()}
         # Ledger first: a crash before the checkpoint moves leaves a done row that is_done() sees.
         inserted = self._run("write ledger", tenant_id, lambda: (
             self._client.table(LEDGER).upsert({**key, **fields}, on_conflict=LEDGER_KEY,
                                               ignore_duplicates=True).execute().data))
-        if not inserted:  # a row existed: finish it only if it is still being retried
+        if not inserted:  # a row existed: finish it only if it is not done yet
             self._run("write ledger", tenant_id, lambda: (
                 _match(self._client.table(LEDGER).update(fields), key)
-                .eq("status", "retrying").execute()))
+                .in_("status", UNFINISHED_STATUSES).execute()))
         self._advance_checkpoint(tenant_id, folder, uidvalidity, uid)
 
     def record_attempt_failure(
         self, tenant_id: str, folder: str, uidvalidity: int, uid: int,
         message_id: str | None, error: str,
     ) -> int:
+        message_id, error = ledger_text(message_id), ledger_text(error) or ""
         if self._token is not None:
             return int(self._fenced("count attempt", tenant_id, "fenced_record_attempt", {
                 "p_company": tenant_id, "p_folder": folder, "p_uidvalidity": uidvalidity,
-                "p_uid": uid, "p_message_id": message_id, "p_error": _clip(error)}))
+                "p_uid": uid, "p_message_id": message_id, "p_error": error}))
         key = _ledger_key(tenant_id, folder, uidvalidity, uid)
         first = {**key, "message_id": message_id, "status": "retrying", "attempts": 1,
-                 "error": _clip(error)}
+                 "error": error}
         inserted = self._run("count attempt", tenant_id, lambda: (
             self._client.table(LEDGER).upsert(first, on_conflict=LEDGER_KEY,
                                               ignore_duplicates=True).execute().data))
@@ -131,12 +147,59 @@ class SupabaseStore:
                 return self.record_attempt_failure(tenant_id, folder, uidvalidity, uid, message_id, error)
             current = int(rows[0]["attempts"])
             updated = self._run("count attempt", tenant_id, lambda: (
-                _match(self._client.table(LEDGER).update({"attempts": current + 1,
-                                                          "error": _clip(error)}), key)
+                _match(self._client.table(LEDGER).update({"attempts": current + 1, "error": error,
+                                                          "status": "retrying"}), key)
                 .eq("attempts", current).execute().data))
             if updated:
                 return current + 1
         raise StoreError(f"tenant {tenant_id}: attempts counter kept changing under us; retry later")
+
+    def begin_attempt(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> tuple[str | None, int]:
+        """Mark the UID 'handling' before the handler runs; return its previous status and
+        attempts (semantics: SqliteStore.begin_attempt). Almost always the UID has no row yet:
+        one insert-or-ignore. An existing row is changed with a compare-and-set on its old
+        status and attempts, so two writers cannot both count the same death.
+
+        On a database without sql/003 and sql/006 it says so once and answers as is_done()
+        did before (plain at-least-once in that window), rather than stopping all mail."""
+        if not self._handling_mark:
+            return ("processed" if self.is_done(tenant_id, folder, uidvalidity, uid) else None), 0
+        try:
+            return self._begin_attempt(tenant_id, folder, uidvalidity, uid)
+        except SchemaOutdated as exc:
+            self._handling_mark = False
+            log.warning("%s; run sql/003_ledger_statuses.sql and sql/006_faults_mail.sql to get the "
+                        "'handling' mark (until then an email can be handed over again unmarked)", exc)
+            return self.begin_attempt(tenant_id, folder, uidvalidity, uid)
+
+    def _begin_attempt(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> tuple[str | None, int]:
+        if self._token is not None:
+            answer = self._fenced("mark handling", tenant_id, "fenced_begin_attempt", {
+                "p_company": tenant_id, "p_folder": folder, "p_uidvalidity": uidvalidity,
+                "p_uid": uid})
+            return answer.get("status"), int(answer.get("attempts") or 0)
+        key = _ledger_key(tenant_id, folder, uidvalidity, uid)
+        inserted = self._run("mark handling", tenant_id, lambda: (
+            self._client.table(LEDGER).upsert({**key, "status": "handling", "attempts": 0},
+                                              on_conflict=LEDGER_KEY, ignore_duplicates=True)
+            .execute().data))
+        if inserted:
+            return None, 0
+        for _ in range(ATTEMPT_RETRIES):
+            rows = self._run("mark handling", tenant_id, lambda: (
+                _match(self._client.table(LEDGER).select("status,attempts"), key).execute().data))
+            if not rows:  # deleted meanwhile: start again
+                return self.begin_attempt(tenant_id, folder, uidvalidity, uid)
+            status, attempts = rows[0]["status"], int(rows[0]["attempts"])
+            if status in DONE_STATUSES:
+                return status, attempts
+            counted = attempts + 1 if status == "handling" else attempts
+            updated = self._run("mark handling", tenant_id, lambda: (
+                _match(self._client.table(LEDGER).update({"status": "handling", "attempts": counted}), key)
+                .eq("status", status).eq("attempts", attempts).execute().data))
+            if updated:
+                return status, counted
+        raise StoreError(f"tenant {tenant_id}: ledger row kept changing under us; retry later")
 
     def is_done(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> bool:
         if self._token is not None:
@@ -207,6 +270,9 @@ class SupabaseStore:
                 raise LeaseLost(f"tenant {tenant_id}: {what} refused, "
                                 f"{getattr(exc, 'message', None) or exc}") from None
             reason = describe_error(exc, self._key)
+            if getattr(exc, "code", None) in OUTDATED_SCHEMA_CODES:
+                raise SchemaOutdated(f"Supabase state store: {what} failed for tenant {tenant_id}: "
+                                     f"{reason}") from None
             if getattr(exc, "code", None) == "23503":
                 reason = (f"company {tenant_id!r} is not in the companies table "
                           "(the supabase state backend keys checkpoints by company id)")
@@ -226,10 +292,6 @@ def _match(query: Any, key: dict[str, Any]) -> Any:
     for column, value in key.items():
         query = query.eq(column, value)
     return query
-
-
-def _clip(text: str | None) -> str | None:
-    return text if text is None or len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "…"
 
 
 def _now() -> str:

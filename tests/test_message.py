@@ -91,3 +91,59 @@ def test_garbage_never_raises(raw: bytes) -> None:
 ]), max_size=30))
 def test_hostile_mime_never_raises(lines: list[bytes]) -> None:
     parse_email(b"\r\n".join(lines), ENV)
+
+
+# --- issue 12 item 6: headers read as a person (and email.policy.default) reads them ---------
+
+def _headers(*lines: bytes) -> bytes:
+    return b"\r\n".join(lines) + b"\r\n\r\nbody\r\n"
+
+
+def test_raw_utf8_beside_an_encoded_word_is_characters_not_surrogates() -> None:
+    email = parse_email(_headers(b"Subject: F\xc3\xb6retag =?utf-8?q?f=C3=B6r?= dig"), ENV)
+    assert email.subject == "Företag för dig"
+
+
+def test_raw_8bit_that_is_not_utf8_uses_the_declared_charset() -> None:
+    email = parse_email(_headers(b"Subject: caf\xe9 =?iso-8859-1?q?caf=E9?="), ENV)
+    assert email.subject == "café café"
+    assert "\\udc" not in repr(email.subject)
+
+
+def test_rfc2231_language_tag_keeps_its_charset() -> None:
+    email = parse_email(_headers(b"Subject: =?iso-8859-2*sl?Q?=BEivjo?= svet"), ENV)
+    assert email.subject == "živjo svet"
+
+
+def test_whitespace_at_a_fold_beside_an_encoded_word_is_kept() -> None:
+    email = parse_email(_headers(b"Subject: Re: TEST\r\n =?utf-8?b?44OG44K544OI?="), ENV)
+    assert email.subject == "Re: TEST テスト"
+
+
+def test_address_without_local_part_and_several_from_fields() -> None:
+    email = parse_email(_headers(b"From: Support <@example.com>", b"To: =?utf-8?q?J=C3=B6rg?= <j@x.example>"), ENV)
+    assert email.from_ == "Support <@example.com>"
+    assert email.to == ["Jörg <j@x.example>"]
+    email = parse_email(_headers(b"From: =?utf-8?q?Anna_=C3=85berg?= <anna@x.example>",
+                                 b"From: Bob <bob@y.example>"), ENV)
+    assert email.from_ == "Anna Åberg <anna@x.example>, Bob <bob@y.example>"
+
+
+def test_fields_are_bounded() -> None:
+    from tenant_proc.message import MAX_ADDRESSES, MAX_HEADER_CHARS
+
+    many = b", ".join(b"u%d@x.example" % i for i in range(2000))
+    email = parse_email(_headers(b"Message-ID: <" + b"a" * 100_000 + b"@x>", b"Subject: " + b"s" * 50_000,
+                                 b"To: " + many), ENV)
+    assert email.message_id is not None and len(email.message_id) <= MAX_HEADER_CHARS + 1
+    assert len(email.subject) <= MAX_HEADER_CHARS + 1
+    assert 0 < len(email.to) <= MAX_ADDRESSES
+
+
+def test_long_hostile_address_fields_do_not_backtrack() -> None:
+    """A regex over a whole list once backtracked exponentially on `A <a@b>, ` x 1500 + `<`; the
+    registry's address parser is quadratic on 16 KB of junk. Both now finish (a hang here would
+    stall the tenant on one email)."""
+    for value in (b"A <a@b>, " * 1500 + b"<", b"x " * 8000, b"A " * 5000 + b"<a@b"):
+        email = parse_email(b"To: " + value + b"\r\n\r\n", ENV)
+        assert isinstance(email.to, list)
