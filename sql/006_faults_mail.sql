@@ -38,7 +38,7 @@ begin
     if previous.status = 'handling' then
         previous.attempts := previous.attempts + 1;  -- the process before us died handling it
     end if;
-    if previous.status not in ('processed', 'failed') then
+    if previous.status not in ('processed', 'failed', 'expunged', 'duplicate') then
         update public.processed_emails e
            set status = 'handling', attempts = previous.attempts, fencing_token = p_token
          where e.company_id = p_company and e.folder = p_folder
@@ -106,3 +106,21 @@ revoke all on function public.fenced_begin_attempt(text, text, bigint, bigint, b
     from public, anon, authenticated;
 grant execute on function public.fenced_begin_attempt(text, text, bigint, bigint, bigint)
     to service_role;
+
+-- The done statuses of sql/003 (expunged, duplicate) finish a UID in cluster mode too.
+-- (create or replace keeps the privileges sql/002 gave the function.)
+create or replace function public.fenced_is_done(p_company text, p_folder text,
+                                                 p_uidvalidity bigint, p_uid bigint,
+                                                 p_token bigint)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+begin
+    perform public.idle_supervisor_check_lease(p_company, p_token, true);
+    return exists (select 1 from public.processed_emails e
+                    where e.company_id = p_company and e.folder = p_folder
+                      and e.uidvalidity = p_uidvalidity and e.uid = p_uid
+                      and e.status in ('processed', 'failed', 'expunged', 'duplicate'));
+end
+$$;
