@@ -30,9 +30,10 @@ from pathlib import Path
 
 import psutil
 
+from tests.dovecot import _alive, _ImapSession, _tail
+
 PRIVATE_ROOT = Path(os.environ.get("IMAP_SERVERS_ROOT", "/opt/idle-supervisor-imap-servers"))
 INSTALL_HINT = "run `bash scripts/other-imap-servers.sh` as root"
-IMAP_TIMEOUT = 10.0  # helper sessions: the servers answer in milliseconds
 CMD_TIMEOUT = 30.0
 APPENDUID_RE = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
 
@@ -213,11 +214,7 @@ class ServerProcess:
         self._seen.clear()
 
 
-def alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+alive = _alive
 
 
 def greets_tls(host: str, port: int, ca_file: Path) -> bool:
@@ -240,26 +237,11 @@ def wait_greeting(server: ServerProcess, host: str, port: int, ca_file: Path,
         time.sleep(0.05)
 
 
-class ImapsSession:
-    """imaplib over TLS (the tests' CA) that always logs out, bounded by IMAP_TIMEOUT."""
+class ImapsSession(_ImapSession):
+    """imaplib over TLS (the tests' CA) that always logs out, bounded by tests.dovecot.IMAP_TIMEOUT."""
 
     def __init__(self, host: str, port: int, ca_file: Path, user: str, password: str) -> None:
-        ctx = ssl.create_default_context(cafile=str(ca_file))
-        self.imap = imaplib.IMAP4_SSL(host, port, ssl_context=ctx, timeout=IMAP_TIMEOUT)
-        try:
-            self.imap.login(user, password)
-        except Exception:
-            self.imap.shutdown()
-            raise
-
-    def __enter__(self) -> imaplib.IMAP4_SSL:
-        return self.imap
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.imap.logout()
-        except (OSError, imaplib.IMAP4.error):
-            self.imap.shutdown()
+        super().__init__(host, port, user, password, ssl.create_default_context(cafile=str(ca_file)))
 
 
 def append_uid(session: imaplib.IMAP4, mailbox: str, message: bytes, what: str) -> int:
@@ -270,11 +252,7 @@ def append_uid(session: imaplib.IMAP4, mailbox: str, message: bytes, what: str) 
     return int(match.group(2))
 
 
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(missing)"
+tail = _tail
 
 
 def cleanup_at_collection(owner: object, runtime: Path) -> weakref.finalize:

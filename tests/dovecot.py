@@ -577,10 +577,13 @@ class Dovecot:
 
 
 class _ImapSession:
-    """imaplib connection that always logs out, bounded by IMAP_TIMEOUT."""
+    """imaplib connection that always logs out, bounded by IMAP_TIMEOUT; over TLS when given
+    an ssl_context (the Cyrus and Courier helpers use it that way)."""
 
-    def __init__(self, host: str, port: int, user: str, password: str) -> None:
-        self.imap = imaplib.IMAP4(host, port, timeout=IMAP_TIMEOUT)
+    def __init__(self, host: str, port: int, user: str, password: str,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.imap = (imaplib.IMAP4(host, port, timeout=IMAP_TIMEOUT) if ssl_context is None else
+                     imaplib.IMAP4_SSL(host, port, ssl_context=ssl_context, timeout=IMAP_TIMEOUT))
         try:
             self.imap.login(user, password)
         except Exception:
