@@ -141,3 +141,28 @@ def assert_logged_out(server: Any) -> None:
         text = server.stdout_path.read_text(errors="replace")
         assert f"LOGOUT, user={USER}" in text, text[-2000:]
         assert f"DISCONNECTED, user={USER}" not in text, text[-2000:]
+
+
+def test_courier_brand_new_mailbox_whose_uidvalidity_changes_loses_nothing(tmp_path):
+    """A Maildir never opened read-write: Courier gives the tenant's EXAMINE a UIDVALIDITY it
+    never stores, and the first APPEND creates a new one. The default on_uidvalidity_change
+    (reprocess_since_last, deduplicated by Message-ID) must hand over what arrived meanwhile
+    exactly once, where skipping to the new UIDNEXT lost it."""
+    try:
+        instance = Courier(tmp_path / "courier", users={USER: PASSWORD}, open_inboxes=False)
+    except ServerUnavailable as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    with instance as server, supervisor_for(server, tmp_path).start() as run:  # the default policy
+        time.sleep(1.1)  # Courier's UIDVALIDITY is the time in seconds: a later one differs
+        server.append(USER, PASSWORD, make_message("first"))
+        wait_subjects(run, {"first"}, IDLE_DELIVERY_WITHIN)
+        base = state(run)["reconnects"]
+        server.kick(USER)
+        server.append(USER, PASSWORD, make_message("meanwhile"))
+        run.wait_for(lambda s: s["tenants"][TENANT]["reconnects"] > base, 30, "reconnected")
+        wait_subjects(run, {"first", "meanwhile"}, 20)
+        settle_and_check(run, {"first", "meanwhile"})
+        # The case itself happened (Courier replaced the UIDVALIDITY under the tenant):
+        assert "UIDVALIDITY of INBOX changed" in run.log_text(), run.log_text()[-2000:]
