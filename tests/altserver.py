@@ -26,6 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import psutil
@@ -215,6 +216,32 @@ class ServerProcess:
 
 
 alive = _alive
+
+
+class ServerLifecycle:
+    """What the Cyrus and Courier helpers share: a context manager around start()/stop(), the
+    running flag of their ServerProcess, and add_user() in terms of add_users()."""
+
+    _server: "ServerProcess"
+
+    if TYPE_CHECKING:  # each server class defines these
+        def start(self) -> None: ...
+        def stop(self, timeout: float = 10) -> None: ...
+        def add_users(self, users: dict[str, str]) -> None: ...
+
+    @property
+    def running(self) -> bool:
+        return self._server.running
+
+    def __enter__(self):  # -> the Cyrus or Courier instance
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def add_user(self, name: str, password: str) -> None:
+        self.add_users({name: password})
 
 
 def greets_tls(host: str, port: int, ca_file: Path) -> bool:

@@ -20,7 +20,6 @@ import os
 import signal
 import time
 from pathlib import Path
-from types import TracebackType
 
 import psutil
 
@@ -35,7 +34,7 @@ DH_PARAMS = "/usr/share/dovecot/dh.pem"  # any PEM DH parameters do; Dovecot's a
 TLS_VERSION = "TLSv1.2+"
 
 
-class Courier:
+class Courier(altserver.ServerLifecycle):
     """One Courier IMAP instance on 127.0.0.1 (TLS only), configured and run from a runtime dir."""
 
     host = "127.0.0.1"
@@ -103,22 +102,7 @@ class Courier:
         self.stop()
         self.start()
 
-    @property
-    def running(self) -> bool:
-        return self._server.running
-
-    def __enter__(self) -> Courier:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
     # ----------------------------------------------------------------- users and mail
-
-    def add_user(self, name: str, password: str) -> None:
-        self.add_users({name: password})
 
     def add_users(self, users: dict[str, str]) -> None:
         """Add or change users; authdaemond sees a rebuilt userdb.dat at the next login."""

@@ -15,7 +15,6 @@ import secrets
 import signal
 import time
 from pathlib import Path
-from types import TracebackType
 
 from tests import altserver
 from tests.altserver import ServerError, ServerProcess, SyslogSink
@@ -28,7 +27,7 @@ BINARIES = ("usr/lib/cyrus/bin/master", "usr/lib/cyrus/bin/imapd", "usr/lib/cyru
 CONFIG_DIRS = ("db", "proc", "socket", "log", "msg", "user", "quota", "sieve")
 
 
-class Cyrus:
+class Cyrus(altserver.ServerLifecycle):
     """One Cyrus instance on 127.0.0.1 (TLS only), configured and run from a runtime dir."""
 
     host = "127.0.0.1"
@@ -87,22 +86,7 @@ class Cyrus:
         self.stop()
         self.start()  # same port, config and spool: clients reconnect to the same mailboxes
 
-    @property
-    def running(self) -> bool:
-        return self._server.running
-
-    def __enter__(self) -> Cyrus:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
     # ----------------------------------------------------------------- users and mail
-
-    def add_user(self, name: str, password: str) -> None:
-        self.add_users({name: password})
 
     def add_users(self, users: dict[str, str]) -> None:
         for name, password in users.items():
