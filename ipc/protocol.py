@@ -106,6 +106,11 @@ def receive(conn: Connection) -> dict[str, Any] | None:
         if was_open and (conn.closed or not conn.readable):
             raise OversizedFrame(f"frame above {MAX_MESSAGE_BYTES} bytes") from None
         raise
+    return decode_or_drop(data)
+
+
+def decode_or_drop(data: bytes) -> dict[str, Any] | None:
+    """decode(), or None for a bad frame (logged): one garbled message is not worth a peer."""
     try:
         return decode(data)
     except ProtocolError as exc:
