@@ -94,13 +94,14 @@ class DeadlineClient(httpx.Client):
         self.total = total
         self._deadline = _Deadline()
         connect = min(5.0, total / 4) if connect is None else min(connect, total)
-        transport = httpx.HTTPTransport()
-        # httpx offers no way to give its transport a network backend; its pool is the one
-        # attribute replaced here, built as httpx builds it (TLS context from the environment:
-        # SSL_CERT_FILE, certifi) plus the backend that enforces the deadline.
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's defaults
+        # httpx offers no way to give its transport a network backend: its pool is the one
+        # attribute replaced here, built as httpx builds it (same TLS context, from the
+        # environment: SSL_CERT_FILE or certifi; httpx's default limits) plus our backend.
+        tls = httpx.create_ssl_context(trust_env=True)
+        transport = httpx.HTTPTransport(verify=tls)
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
         transport._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=True),
+            ssl_context=tls,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

@@ -27,6 +27,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from tenant_proc.spec import StateSpec
 from tenant_proc.store_api import Checkpoint, LeaseLost, StoreError, ledger_text
 from tenant_proc.supabase_client import close_client, describe_error, make_client
 
@@ -42,14 +43,13 @@ UNFINISHED_STATUSES = ("retrying", "handling")
 ATTEMPT_RETRIES = 5  # optimistic-concurrency rounds for the attempts counter
 
 
-# One request, as a whole (tenant_proc/http_deadline.py), when the spec does not say: a tenant
-# blocked in one request sends no heartbeat, so the supervisor derives the real value from
-# heartbeat_timeout (supervisor/config_timeouts.py, StateSpec.request_timeout); this default is
-# what it derives at the default 30 s. Between requests the store beats (keepalive), so a chain
-# of slow requests (mark_done makes up to four) never adds up to a "hung" kill either: a request
-# that runs out of time is a StoreError, the failure of that step (the email stays unhandled or
-# 'handling', the tenant reconnects and tries again).
-STORE_TIMEOUT = 10.0
+# One request, as a whole (tenant_proc/http_deadline.py): a tenant blocked in one request sends
+# no heartbeat, so the supervisor derives the bound from heartbeat_timeout
+# (supervisor/config_timeouts.py, StateSpec.request_timeout). Between requests the store beats
+# (keepalive), so a chain of slow requests (mark_done makes up to four) never adds up to a
+# "hung" kill either: a request that runs out of time is a StoreError, the failure of that step
+# (the email stays unhandled or 'handling', the tenant reconnects and tries again).
+STORE_TIMEOUT = StateSpec().request_timeout
 LEASE_LOST_CODE = "PT409"
 # No fenced_begin_attempt (PostgREST's PGRST202, PostgreSQL's 42883), or a status check without
 # 'handling' (23514): a database migrated before sql/003 and sql/006.

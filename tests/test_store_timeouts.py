@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from supervisor.config import SupervisorSettings
-from supervisor.config_timeouts import STORE_REQUEST_TIMEOUT, store_request_timeout
+from supervisor.config_timeouts import store_request_timeout
 from tenant_proc.http_deadline import DeadlineClient
 from tests.dovecot import make_message
 from tests.pg import PostgresDatabase
@@ -26,11 +26,36 @@ from tests.test_supabase import add_company
 
 
 def test_the_request_timeout_follows_heartbeat_timeout_down():
-    assert store_request_timeout(SupervisorSettings()) == STORE_REQUEST_TIMEOUT == 10.0
+    assert store_request_timeout(SupervisorSettings()) == 10.0  # as before the derivation
     lowered = store_request_timeout(SupervisorSettings(heartbeat_timeout=8, heartbeat_interval=0.5))
     assert lowered == pytest.approx(3.75)
     # A beat before each request: the longest silence is one interval plus one request.
     assert 0.5 + lowered < 8 / 2 + 0.5
+
+
+def test_the_derived_timeout_reaches_every_tenant_spec(tmp_path):
+    from supervisor.config import load_config
+    from supervisor.tenant_rows import build_tenant_specs
+
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(f'''
+[supervisor]
+state_dir = "{tmp_path}"
+heartbeat_timeout = 8
+heartbeat_interval = 0.5
+[state]
+backend = "supabase"
+[[tenant]]
+id = "acme"
+host = "127.0.0.1"
+port = 993
+username = "acme"
+password = "pw"
+''')
+    config = load_config(config_path, {"SUPABASE_URL": "http://127.0.0.1:9",
+                                       "SUPABASE_SERVICE_ROLE_KEY": "k"})
+    specs = build_tenant_specs(config, config.raw_tenants, {}).specs
+    assert specs["acme"].state.request_timeout == pytest.approx(3.75)
 
 
 @pytest.fixture
