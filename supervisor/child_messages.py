@@ -41,15 +41,15 @@ class ChildMessages:
             if handle is None or not handle.conn_open or handle.conn not in ready:
                 continue
             for _ in range(MESSAGES_PER_CHILD_PER_TICK):
-                if not self._read_one(record, now, wait=True):
+                if not self._read_one(record, now, alive=True):
                     break
 
     def drain_last_words(self, record: TenantRecord, now: float) -> None:
         """Read what a dead child sent just before exiting (its fatal reason, final counters)."""
-        while self._read_one(record, now, wait=False):
+        while self._read_one(record, now, alive=False):
             pass
 
-    def _read_one(self, record: TenantRecord, now: float, wait: bool) -> bool:
+    def _read_one(self, record: TenantRecord, now: float, alive: bool) -> bool:
         """Read and handle one message if a whole one is there; False when there is none yet
         (a partial frame stays buffered: ipc/framing.py) or the pipe is done for."""
         handle = record.handle
@@ -60,7 +60,7 @@ class ChildMessages:
             payload = handle.reader.next_payload()
         except protocol.OversizedFrame as exc:
             self._close_pipe(record)
-            if wait:  # alive: a child that broke the protocol is stopped, not trusted further
+            if alive:  # a child that broke the protocol is stopped, not trusted further
                 log.error("[%s] sent an IPC %s: stopping it", record.name, exc)
                 record.last_error = f"IPC {exc}"
                 self.stop_tenant(record, StopReason.HUNG, now,
