@@ -24,11 +24,12 @@ def live_status(run: SupervisorRun) -> dict:
     return json.loads(result.stdout)
 
 
-def test_a_child_stalled_mid_frame_is_killed_as_hung_while_the_others_run(dovecot, tmp_path):
+@pytest.mark.parametrize("partial", ["header", "header+half"])
+def test_a_child_stalled_mid_frame_is_killed_as_hung_while_the_others_run(dovecot, tmp_path, partial):
     dovecot.add_user("acme", "acme-pw")
     dovecot.add_user("globex", "globex-pw")
     handler = {"target": "tests.ipc_handlers:partial_frame_then_stall",
-               "path": str(tmp_path / "emails.jsonl"), "marker_dir": str(tmp_path / "markers")}
+               "path": str(tmp_path / "emails.jsonl"), "marker_dir": str(tmp_path / "markers"), "partial": partial}
     tenants = [TenantEntry("acme", "acme", "acme-pw"), TenantEntry("globex", "globex", "globex-pw")]
     with SupervisorRun(tmp_path, dovecot, tenants, handler=handler,
                        supervisor={"heartbeat_timeout": 8}).start() as run:
