@@ -7,6 +7,14 @@ with a bound (MAX_MESSAGE_BYTES): a length above it is refused before anything i
 since the rest of that frame is still in the pipe the stream cannot be resynchronised: the
 receiver treats the peer as misbehaving (OversizedFrame) and stops talking to it.
 
+The two ends read differently. A tenant reads its (blocking) end with receive() below: the
+parent writes whole frames. The supervisor never calls recv_bytes: a child that wrote part of a
+frame and stalled would block its whole loop. Its ends are non-blocking and go through
+ipc/framing.py, on the same wire format: a partial frame is buffered (bounded by the header and
+MAX_MESSAGE_BYTES) until complete, and a child that stays mid-frame sends no more heartbeats, so
+the supervisor kills it as hung; stop and replay wait in a small outbox when the child's pipe is
+full, never torn and never blocking.
+
 Child -> parent
   hello      {"type", "tenant_id", "pid"}
   heartbeat  {"type", "state", "mode", "counters": {...}, "last_error", "server_idle_age",
@@ -106,6 +114,11 @@ def receive(conn: Connection) -> dict[str, Any] | None:
         if was_open and (conn.closed or not conn.readable):
             raise OversizedFrame(f"frame above {MAX_MESSAGE_BYTES} bytes") from None
         raise
+    return decode_or_drop(data)
+
+
+def decode_or_drop(data: bytes) -> dict[str, Any] | None:
+    """decode(), or None for a bad frame (logged): one garbled message is not worth a peer."""
     try:
         return decode(data)
     except ProtocolError as exc:

@@ -310,7 +310,7 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
             self.apply_tenants(retry_failed=True)
         for record in self.records.values():  # `idle-supervisor retry` marked emails: look again
             if record.handle is not None and record.handle.conn_open:
-                protocol.send(record.handle.conn, protocol.replay())
+                record.handle.send(protocol.replay())
         sdnotify.ready()
         self.write_status_now()
 

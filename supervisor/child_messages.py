@@ -1,6 +1,8 @@
 """The arbiter's reading of its children's pipes: bounded frames, one handler per message type.
 
-A mixin of Arbiter (like reconcile.py). Every frame is read with the protocol's size bound: a
+A mixin of Arbiter (like reconcile.py). Pipes are read without blocking (ipc/framing.py): a
+child that stops half-way through a frame leaves it buffered, never holds the loop, and is killed
+as hung when its heartbeats stay away. Every frame is read with the protocol's size bound: a
 child that announces a larger one misbehaves (a bug, or a handler writing to the pipe) and is
 stopped, with one log line; the others are untouched, and the parent never allocates for it.
 """
@@ -39,27 +41,26 @@ class ChildMessages:
             if handle is None or not handle.conn_open or handle.conn not in ready:
                 continue
             for _ in range(MESSAGES_PER_CHILD_PER_TICK):
-                if not self._read_one(record, now, wait=True):
+                if not self._read_one(record, now, alive=True):
                     break
 
     def drain_last_words(self, record: TenantRecord, now: float) -> None:
         """Read what a dead child sent just before exiting (its fatal reason, final counters)."""
-        while self._read_one(record, now, wait=False):
+        while self._read_one(record, now, alive=False):
             pass
 
-    def _read_one(self, record: TenantRecord, now: float, wait: bool) -> bool:
-        """Read and handle one message if there is one; False when there is none (or the pipe
-        is done for)."""
+    def _read_one(self, record: TenantRecord, now: float, alive: bool) -> bool:
+        """Read and handle one message if a whole one is there; False when there is none yet
+        (a partial frame stays buffered: ipc/framing.py) or the pipe is done for."""
         handle = record.handle
         if handle is None or not handle.conn_open:
             return False
         try:
-            if not handle.conn.poll(0):
-                return False
-            message = protocol.receive(handle.conn)
+            handle.writer.flush()  # it talks, so it may read again: what a full pipe held back
+            payload = handle.reader.next_payload()
         except protocol.OversizedFrame as exc:
             self._close_pipe(record)
-            if wait:  # alive: a child that broke the protocol is stopped, not trusted further
+            if alive:  # a child that broke the protocol is stopped, not trusted further
                 log.error("[%s] sent an IPC %s: stopping it", record.name, exc)
                 record.last_error = f"IPC {exc}"
                 self.stop_tenant(record, StopReason.HUNG, now,
@@ -68,6 +69,9 @@ class ChildMessages:
         except (EOFError, OSError):
             self._close_pipe(record)  # the sentinel will tell us it exited
             return False
+        if payload is None:
+            return False
+        message = protocol.decode_or_drop(payload)
         if message is not None:
             self.handle_message(record, message, now)
         return True

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from supervisor.config_env import CONFIG_ENV, env_overrides, resolve_config_path  # noqa: F401 (re-exported)
-from supervisor.config_timeouts import derive_timeouts
+from supervisor.config_timeouts import derive_timeouts, store_request_timeout
 from supervisor.config_env import strict_bool
 from supervisor.errors import ConfigError
 from tenant_proc.spec import (
@@ -244,6 +244,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         raise ConfigError("[tenants] source must be 'file' or 'supabase'")
     handler = _handler_spec(data.get("handler"), state_dir, tenants.source)
     state = _state_spec(data.get("state"), str(state_dir), tenants.source, environ)
+    state = _replace(state, request_timeout=store_request_timeout(supervisor))
     metrics = _dataclass_from_table(MetricsSettings, data.get("metrics"), "metrics")
     cluster = _cluster_settings(data.get("cluster"), tenants, state)
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Collection
 
 from supervisor.errors import ConfigError
-from tenant_proc.spec import ImapSettings
+from tenant_proc.spec import ImapSettings, StateSpec
 
 if TYPE_CHECKING:
     from supervisor.config import SupervisorSettings
@@ -62,3 +62,16 @@ def derive_timeouts(supervisor: SupervisorSettings, imap: ImapSettings,
                 f"killed as hung; lower {key}, raise heartbeat_timeout, or leave {key} unset to "
                 "derive it")
     return supervisor, imap
+
+
+# A tenant beats before each state-store request (SupabaseStore's keepalive), so its longest
+# silence is one heartbeat_interval plus one request: half of what is left of heartbeat_timeout
+# after the interval leaves the other half as margin for a loaded machine. At the defaults
+# (30 s, 5 s) this is StateSpec's default (10 s), the value every request had before.
+STORE_REQUEST_SHARE = 1 / 2
+
+
+def store_request_timeout(supervisor: SupervisorSettings) -> float:
+    """The whole-request bound of a tenant's Supabase state-store requests."""
+    left = supervisor.heartbeat_timeout - supervisor.heartbeat_interval
+    return min(StateSpec().request_timeout, left * STORE_REQUEST_SHARE)

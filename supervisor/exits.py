@@ -122,7 +122,7 @@ class ChildExits:
         record.begin_stop(now, reason, timeout)
         self.status_dirty = True
         if send_stop and handle.conn_open:
-            protocol.send(handle.conn, protocol.stop())
+            handle.send(protocol.stop())
         # SIGTERM too: a child busy in a handler sees the flag as soon as the handler returns.
         send_signal(handle.process.pid, signal.SIGTERM)
 

@@ -11,7 +11,10 @@ import os
 import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Pipe
+from typing import Any
 
+from ipc import protocol
+from ipc.framing import FrameReader, FrameWriter
 from supervisor.childproc import child_entry
 from tenant_proc.control import readable_fds
 from tenant_proc.spec import TenantSpec
@@ -64,9 +67,23 @@ UNKNOWN_EXIT = 255
 
 @dataclass
 class ChildHandle:
+    """The parent's end of one tenant: its process and its pipe. The pipe end is non-blocking
+    and read and written only through reader/writer (ipc/framing.py): a child stalled half-way
+    through a frame, or not reading its own end, can never block the supervisor's loop."""
+
     process: TenantProcess
-    conn: Connection  # parent end of the pipe
+    conn: Connection  # parent end of the pipe (for its fd and close(); never recv/send on it)
     conn_open: bool = True
+
+    def __post_init__(self) -> None:
+        os.set_blocking(self.conn.fileno(), False)
+        self.reader = FrameReader(self.conn.fileno())
+        self.writer = FrameWriter(self.conn.fileno())
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """Queue a message for the child; False when it cannot go (the child is gone or has
+        not read its pipe for a long while: a stop is backed by SIGTERM anyway)."""
+        return self.conn_open and self.writer.send(protocol.encode(message))
 
 
 def fork_tenant(spec: TenantSpec) -> ChildHandle:

@@ -53,8 +53,9 @@ class SupabaseInsert:
 
         try:
             if self._client is None:
-                # 10 s: below heartbeat_timeout, so a hung Supabase is a retry, not a "hung" kill.
-                self._client = make_client(self._url, self._key, timeout=10.0)
+                # 10 s for the whole request (not per socket read): below the default
+                # heartbeat_timeout, so a slow Supabase is a retry, not a "hung" kill.
+                self._client = make_client(self._url, self._key, timeout=10.0, total_timeout=10.0)
             (self._client.table(self.table)
              .upsert(email_row(email), on_conflict=CONFLICT_KEY, returning="minimal").execute())
         except Exception as exc:

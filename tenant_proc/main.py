@@ -61,7 +61,7 @@ def _run(spec: TenantSpec, conn: Connection, parent_pid: int, log: logging.Logge
                                counters=control.counters)
     except HandlerError as exc:
         return _fatal(control, log, "config", str(exc))
-    store = open_store(spec)
+    store = open_store(spec, keepalive=control.heartbeat_if_due)
     signin.configure_process(keepalive=control.heartbeat_if_due)
     mailbox = Mailbox(spec, store, handler, control, log)
     Replayer(mailbox, control, log)  # hooks itself into the mailbox and the parent pipe

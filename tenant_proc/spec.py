@@ -109,6 +109,9 @@ class StateSpec:
     # Supabase backend only; read from the environment by the parent at load time.
     supabase_url: str = ""
     supabase_key: Secret | None = field(default=None, repr=False)
+    # One Supabase request, as a whole; derived from [supervisor] heartbeat_timeout
+    # (supervisor/config_timeouts.py) so that no request outlives it.
+    request_timeout: float = 10.0
 
 
 @dataclass(frozen=True)

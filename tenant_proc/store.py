@@ -10,6 +10,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Callable
 
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store_api import Checkpoint, StateStore, StoreError, ledger_text
@@ -56,13 +57,15 @@ DONE_STATUSES = ("processed", "failed", "expunged", "duplicate")
 _DONE_SQL = ", ".join(f"'{s}'" for s in DONE_STATUSES)
 
 
-def open_store(spec: TenantSpec) -> StateStore:
+def open_store(spec: TenantSpec, keepalive: Callable[[], None] | None = None) -> StateStore:
+    """keepalive: called before each request of a networked store (a heartbeat when due)."""
     if spec.state.backend == "supabase":
         # Imported lazily: the SQLite path must not need the supabase package installed.
         from tenant_proc.store_supabase import SupabaseStore
 
         key = spec.state.supabase_key.reveal() if spec.state.supabase_key else ""
-        return SupabaseStore(spec.state.supabase_url, key, fencing_token=spec.fencing_token)
+        return SupabaseStore(spec.state.supabase_url, key, timeout=spec.state.request_timeout,
+                             fencing_token=spec.fencing_token, keepalive=keepalive)
     return SqliteStore(Path(spec.state.state_dir) / DB_NAME)
 
 

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
+from tenant_proc.spec import StateSpec
 from tenant_proc.store_api import Checkpoint, LeaseLost, StoreError, ledger_text
 from tenant_proc.supabase_client import close_client, describe_error, make_client
 
@@ -42,9 +43,13 @@ UNFINISHED_STATUSES = ("retrying", "handling")
 ATTEMPT_RETRIES = 5  # optimistic-concurrency rounds for the attempts counter
 
 
-# Per request. Well below [supervisor] heartbeat_timeout (30 s by default): a tenant blocked in
-# one store call sends no heartbeat, and a black-holed Supabase must not get it killed as hung.
-STORE_TIMEOUT = 10.0
+# One request, as a whole (tenant_proc/http_deadline.py): a tenant blocked in one request sends
+# no heartbeat, so the supervisor derives the bound from heartbeat_timeout
+# (supervisor/config_timeouts.py, StateSpec.request_timeout). Between requests the store beats
+# (keepalive), so a chain of slow requests (mark_done makes up to four) never adds up to a
+# "hung" kill either: a request that runs out of time is a StoreError, the failure of that step
+# (the email stays unhandled or 'handling', the tenant reconnects and tries again).
+STORE_TIMEOUT = StateSpec().request_timeout
 LEASE_LOST_CODE = "PT409"
 # No fenced_begin_attempt (PostgREST's PGRST202, PostgreSQL's 42883), or a status check without
 # 'handling' (23514): a database migrated before sql/003 and sql/006.
@@ -57,13 +62,15 @@ class SchemaOutdated(StoreError):
 
 class SupabaseStore:
     def __init__(self, url: str, key: str, timeout: float = STORE_TIMEOUT,
-                 fencing_token: int | None = None) -> None:
+                 fencing_token: int | None = None,
+                 keepalive: Callable[[], None] | None = None) -> None:
         self._url = url
         self._key = key  # kept only to scrub it from error text
         self._token = fencing_token
         self._handling_mark = True  # False once the database turned out not to have it
+        self._keepalive = keepalive  # Control.heartbeat_if_due: a beat before each request
         try:
-            self._client = make_client(url, key, timeout=timeout)
+            self._client = make_client(url, key, timeout=timeout, total_timeout=timeout)
         except Exception as exc:
             raise StoreError(f"Supabase state store not usable: {describe_error(exc, key)}") from None
 
@@ -261,6 +268,9 @@ class SupabaseStore:
         return self._run(what, tenant_id, lambda: self._client.rpc(function, params).execute().data)
 
     def _run(self, what: str, tenant_id: str, call: Any) -> Any:
+        """One request. The heartbeat before it bounds the silence to one request's timeout."""
+        if self._keepalive is not None:
+            self._keepalive()
         try:
             return call()
         except StoreError:

@@ -12,6 +12,8 @@ import httpx
 from postgrest.exceptions import APIError
 from supabase import Client, ClientOptions, create_client
 
+from tenant_proc.http_deadline import DeadlineClient
+
 # httpx logs every request at INFO: one line per checkpoint write would bury the supervisor's own
 # log, and a URL is not something to log wholesale. Failures still surface as our one-line errors.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -22,12 +24,20 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 15.0
 
 
-def make_client(url: str, key: str, timeout: float = READ_TIMEOUT) -> Client:
-    """A client with no hidden retries (callers retry on their own schedule) and bounded waits."""
-    http = httpx.Client(
-        timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
-        follow_redirects=True,
-    )
+def make_client(url: str, key: str, timeout: float = READ_TIMEOUT,
+                total_timeout: float | None = None) -> Client:
+    """A client with no hidden retries (callers retry on their own schedule) and bounded waits.
+
+    total_timeout: each request ends within this many seconds as a whole, however slowly the
+    server answers (tenant_proc/http_deadline.py); without it only each wait is bounded."""
+    if total_timeout is not None:
+        http: httpx.Client = DeadlineClient(total_timeout, connect=min(CONNECT_TIMEOUT, timeout),
+                                            follow_redirects=True)
+    else:
+        http = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
+            follow_redirects=True,
+        )
     options = ClientOptions(
         # supabase-py would otherwise retry GETs three times (1 + 2 + 4 s) on connect errors.
         postgrest_client_retry=False,
