@@ -13,7 +13,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Iterable
 
-from ipc import protocol
+from ipc import procstat, protocol
 from tenant_proc.title import set_title
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -86,6 +86,12 @@ class Control:
 
     def hello(self) -> None:
         self.send(protocol.hello(self.tenant_id, os.getpid()))
+
+    def track_process_group(self, pgid: int | None) -> None:
+        """A handler's process group (or None: it is gone): the supervisor kills it if we die
+        first. Its leader's start time goes with it, so a reused pid is never mistaken for it."""
+        start = None if pgid is None else procstat.start_ticks(pgid)
+        self.send(protocol.command_group(pgid, start))
 
     def set_state(self, state: str, mode: str | None = None) -> None:
         if mode is not None:
