@@ -47,8 +47,7 @@ def command(email: Email, context: HandlerContext) -> None:
         context.track_process_group(proc.pid)
         stderr = _wait(proc, email.raw, timeout, context)
     finally:
-        _kill_group(proc)  # whatever it left running in its group goes with it
-        context.track_process_group(None)
+        _kill_group(proc, context)  # whatever it left running in its group goes with it
     if proc.returncode != 0:
         detail = stderr.decode("utf-8", "replace").strip().splitlines()
         tail = f": {detail[-1][:200]}" if detail else ""
@@ -104,11 +103,14 @@ def _wait(proc: subprocess.Popen[bytes], raw: bytes, timeout: float, context: Ha
                 raise subprocess.TimeoutExpired(proc.args, timeout) from None
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _kill_group(proc: subprocess.Popen[bytes], context: HandlerContext) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    # Untracked before the leader is reaped: until then its pid cannot be reused, so nobody
+    # (the supervisor, our own exit path) can ever kill a group that is no longer this one.
+    context.track_process_group(None)
     proc.wait()
 
 

@@ -180,3 +180,34 @@ def test_a_reported_group_is_killed_only_while_its_number_is_still_ours():
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.integration
+def test_the_command_group_dies_when_the_supervisor_is_sigkilled(dovecot, tmp_path):
+    """No supervisor left to clean up: the tenant (told by its parent-death signal) stops, and
+    when its shutdown_timeout runs out while the command still runs, it kills the command's
+    whole group before it exits."""
+    dovecot.add_user("acme", "acme-pw")
+    leader_file, grandchild_file = tmp_path / "leader.pid", tmp_path / "grandchild.pid"
+    script = f"sleep 300 & echo $! > {grandchild_file}; echo $$ > {leader_file}; wait"
+    handler = {"target": "tenant_proc.handlers:command", "timeout": 600, "argv": ["sh", "-c", script]}
+    run = SupervisorRun(tmp_path / "run", dovecot, [TenantEntry("acme", "acme", "acme-pw")], handler=handler,
+                        supervisor={"shutdown_timeout": 2})
+    grandchild = None
+    try:
+        with run.start():
+            dovecot.deliver("acme", make_message("slow program", message_id="<orphan@t>"))
+            grandchild = int(_wait_for_file(grandchild_file, 20))
+            leader = int(_wait_for_file(leader_file, 5))
+            tenant_pid = run.tenant("acme")["pid"]
+            assert run.proc is not None
+            run.proc.kill()
+            run.proc.wait(5)
+            assert process_gone_within([tenant_pid], 15) == [], "the tenant outlived its supervisor"
+            deadline = time.monotonic() + 10
+            while _group_members(leader) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _group_members(leader) == [], "part of the command's group outlived its tenant"
+    finally:
+        if grandchild is not None and process_gone_within([grandchild], 0.1):
+            os.kill(grandchild, signal.SIGKILL)  # a failure leaves it running: do not leak it
