@@ -8,8 +8,9 @@ What the program gets, and what it cannot get:
   variable: none of them is passed unless listed.
 - Its own process group, killed whole on timeout or when the tenant stops. When the tenant
   process dies, even by SIGKILL, the kernel kills the program itself (parent-death signal) and
-  the supervisor the rest of its group (background children, a daemonising script): the group
-  is reported to it (context.track_process_group) while the program runs.
+  the supervisor the rest of its group (what it started in the background; a child that
+  calls setsid has left the group and is beyond reach): the group is reported to it
+  (context.track_process_group) while the program runs.
 - `timeout` defaults to DEFAULT_COMMAND_TIMEOUT, below the default heartbeat_timeout (30 s);
   while it runs the tenant keeps beating (context.keepalive), so a longer, explicitly
   configured timeout is slow work, not a hang.
