@@ -21,6 +21,10 @@ Child -> parent
               "quiet_for" (optional)}
   processed  {"type", "uid", "uidvalidity", "message_id", "status", "latency"}
   fatal      {"type", "kind": "auth" | "config", "reason"}   (just before exiting EXIT_*)
+  command_group {"type", "pgid": int | null, "start": int | null}  (a `command` handler's
+             program started as the leader of its own process group, with its start time
+             (ipc/procstat.py); null when it ended. If the tenant dies meanwhile, the
+             supervisor kills that group: the kernel only kills the leader with the tenant.)
 Parent -> child
   stop       {"type"}
   replay     {"type"}   (after SIGHUP: look in the ledger for emails an operator marked with
@@ -60,7 +64,8 @@ NO_FAST_RETRY_EXITS = frozenset({EXIT_CONFIG, EXIT_AUTH})
 CHILD_STATES = ("starting", "connecting", "idle", "polling", "processing", "backoff")
 MODES = ("idle", "poll")
 
-MESSAGE_TYPES = frozenset({"hello", "heartbeat", "processed", "fatal", "stop", "replay"})
+MESSAGE_TYPES = frozenset({"hello", "heartbeat", "processed", "fatal", "stop", "replay",
+                           "command_group"})
 
 
 class ProtocolError(ValueError):
@@ -172,6 +177,10 @@ def processed(
 
 def fatal(kind: str, reason: str) -> dict[str, Any]:
     return {"type": "fatal", "kind": kind, "reason": _cut(reason)}
+
+
+def command_group(pgid: int | None, start: int | None) -> dict[str, Any]:
+    return {"type": "command_group", "pgid": pgid, "start": start}
 
 
 def stop() -> dict[str, Any]:

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ipc import protocol
+from supervisor.command_groups import reported_group
 from supervisor.metrics import LatencyHistogram
 from supervisor.tenants import State, StopReason, TenantRecord
 
@@ -108,5 +109,7 @@ class ChildMessages:
             latency = message.get("latency")
             if isinstance(latency, (int, float)) and latency >= 0:
                 self.latency.observe(float(latency))
+        elif kind == "command_group":
+            record.handle.command_group = reported_group(message)
         else:
             log.warning("[%s] unexpected IPC message type %r dropped", record.name, kind)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipc import protocol
 from supervisor import liveness
+from supervisor.command_groups import kill_orphaned_group
 from supervisor.forking import ChildHandle, send_signal
 from supervisor.tenants import RestartPolicy, State, StopReason, TenantRecord
 
@@ -46,6 +47,7 @@ class ChildExits:
                 continue
             exitcode = handle.process.exitcode
             self.drain_last_words(record, now)
+            self._kill_command_group(record)
             self._close_handle(handle)
             self.status_dirty = True
             reason = record.stop_reason
@@ -71,6 +73,13 @@ class ChildExits:
         else:
             delay = (record.next_start_at or time.monotonic()) - time.monotonic()
             log.warning("[%s] %s; restarting in %.0fs", record.name, record.last_error, delay)
+
+    def _kill_command_group(self, record: TenantRecord) -> None:
+        """The kernel killed a dead tenant's command with it, but not what that command
+        started in the background: kill its whole process group (reported over IPC)."""
+        if record.handle is not None and record.handle.command_group is not None:
+            kill_orphaned_group(record.name, record.handle.command_group)
+            record.handle.command_group = None
 
     def _close_handle(self, handle: ChildHandle) -> None:
         self._unregister(handle.conn)
@@ -143,5 +152,7 @@ class ChildExits:
             if record.handle is not None:
                 record.handle.process.join(5)
                 exitcode = record.handle.process.exitcode
+                self.drain_last_words(record, time.monotonic())
+                self._kill_command_group(record)
                 self._close_handle(record.handle)
                 record.on_exit(time.monotonic(), exitcode, self.restart_policy(), self.rng, True)

@@ -74,6 +74,9 @@ class ChildHandle:
     process: TenantProcess
     conn: Connection  # parent end of the pipe (for its fd and close(); never recv/send on it)
     conn_open: bool = True
+    # (pgid, leader start time) of the command its handler is running (IPC command_group):
+    # killed when this child is collected dead with it still set (supervisor/command_groups.py).
+    command_group: tuple[int, int | None] | None = None
 
     def __post_init__(self) -> None:
         os.set_blocking(self.conn.fileno(), False)

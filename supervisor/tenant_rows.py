@@ -6,8 +6,10 @@ failed with the reason, every other tenant runs.
 """
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -19,6 +21,7 @@ from tenant_proc.spec import SECURITY_MODES, Secret, TenantSpec
 if TYPE_CHECKING:
     from supervisor.config import Config
 
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 TENANT_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -57,7 +60,7 @@ def build_tenant_specs(
 
 _TENANT_KEYS = {
     "id", "name", "host", "port", "security", "username", "password", "password_env",
-    "folder", "ca_file", "allow_insecure", "auth", "oauth", "webhook_url",
+    "folder", "ca_file", "allow_insecure", "auth", "oauth", "webhook_url", "dedupe_window",
 }
 
 
@@ -98,6 +101,10 @@ def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mappin
     if webhook_url is not None and (
             not isinstance(webhook_url, str) or not webhook_url.startswith(("http://", "https://"))):
         raise ConfigError("webhook_url must be an http:// or https:// URL")
+    imap = config.imap
+    if row.get("dedupe_window") is not None:
+        # Part of spec.imap, so the reload diff sees a changed window and restarts this tenant only.
+        imap = replace(imap, dedupe_window=_seconds(row["dedupe_window"], "dedupe_window"))
     return TenantSpec(
         id=tenant_id,
         name=str(row.get("name") or tenant_id),
@@ -109,7 +116,7 @@ def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mappin
         folder=folder,
         ca_file=ca_file,
         allow_insecure=allow_insecure,
-        imap=config.imap,
+        imap=imap,
         handler=config.handler,
         state=config.state,
         heartbeat_interval=config.supervisor.heartbeat_interval,
@@ -127,6 +134,22 @@ def _required_str(row: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"missing or empty field {key!r}")
     return value.strip()
+
+
+def _seconds(value: Any, key: str) -> float:
+    """A number of seconds >= 0; text (a Supabase text column, a hand-edited row) only when it
+    is exactly a decimal number, never guessed ("1h", "", "nan" are refused)."""
+    if isinstance(value, str):
+        if not _DECIMAL.fullmatch(value.strip()):
+            raise ConfigError(f"{key} must be a number of seconds, not {value[:40]!r}")
+        number = float(value.strip())
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise ConfigError(f"{key} must be a number of seconds, not {str(value)[:40]!r}")
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(f"{key} must be a number of seconds >= 0, not {str(value)[:40]!r}")
+    return number
 
 
 def _has_password(row: Mapping[str, Any]) -> bool:

@@ -13,7 +13,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Iterable
 
-from ipc import protocol
+from ipc import procstat, protocol
 from tenant_proc.title import set_title
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -51,6 +51,9 @@ class Control:
         self.on_replay: Callable[[], None] | None = None
         self._replays = 0
         self._wake_r, self._wake_w = socket.socketpair()
+        # The process group of the command a handler is running (track_process_group): an exit
+        # "now" from a signal handler kills it first, as no `finally` of the handler runs then.
+        self.process_group: int | None = None
 
     # -- bootstrap -----------------------------------------------------------------------
 
@@ -63,14 +66,28 @@ class Control:
             signal.signal(signum, self._on_stop_signal)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess (command handler) reaps its own
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # Python's default: EPIPE as an exception
-        signal.signal(signal.SIGALRM, _on_deadline)
+        signal.signal(signal.SIGALRM, self._on_deadline)
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
         self.signals_seen += 1
         if self.signals_seen > 1:
             # The second signal means "now": the loop may be blocked in a socket call.
-            os._exit(protocol.EXIT_OK)
+            self._exit_now()
         self.request_stop(signal.Signals(signum).name)
+
+    def _on_deadline(self, signum: int, frame: Any) -> None:
+        self._exit_now()  # shutdown_timeout passed during a clean stop
+
+    def _exit_now(self) -> None:
+        """os._exit, after killing a running command's group: the kernel would kill only its
+        leader with us, and with the supervisor gone (its death is why we stop) no one else
+        would. Safe against pid reuse: the leader is our child, not reaped yet."""
+        if self.process_group is not None:
+            try:
+                os.killpg(self.process_group, signal.SIGKILL)
+            except OSError:
+                pass
+        os._exit(protocol.EXIT_OK)
 
     def request_stop(self, reason: str) -> None:
         """Begin a clean stop. Whatever then hangs (server, handler), SIGALRM ends us in time."""
@@ -86,6 +103,13 @@ class Control:
 
     def hello(self) -> None:
         self.send(protocol.hello(self.tenant_id, os.getpid()))
+
+    def track_process_group(self, pgid: int | None) -> None:
+        """A handler's process group (or None: it is gone): the supervisor kills it if we die
+        first. Its leader's start time goes with it, so a reused pid is never mistaken for it."""
+        self.process_group = pgid
+        start = None if pgid is None else procstat.start_ticks(pgid)
+        self.send(protocol.command_group(pgid, start))
 
     def set_state(self, state: str, mode: str | None = None) -> None:
         if mode is not None:
@@ -193,7 +217,3 @@ def readable_fds(fds: list[int], timeout: float) -> set[int]:
         poller.register(fd, select.POLLIN)
     # POLLHUP/POLLERR count as readable: the read that follows reports EOF or the error.
     return {fd for fd, _ in poller.poll(max(timeout, 0.0) * 1000)}
-
-
-def _on_deadline(signum: int, frame: Any) -> None:
-    os._exit(protocol.EXIT_OK)  # shutdown_timeout passed during a clean stop

@@ -33,6 +33,9 @@ class HandlerContext:
     keepalive: Callable[[], None] = field(default=lambda: None)
     # The tenant's heartbeat counters (plain ints): a handler may add its own (webhook_*).
     counters: dict[str, int] = field(default_factory=dict)
+    # Call it with the pgid of a process group the handler started (None when it is gone): the
+    # supervisor kills that group if the tenant dies first (the `command` handler uses it).
+    track_process_group: Callable[[int | None], None] = field(default=lambda pgid: None)
 
 
 def resolve_target(target: str) -> Any:
@@ -90,6 +93,7 @@ class LoadedHandler:
 def load_handler(
     spec: TenantSpec, logger: logging.LoggerAdapter, keepalive: Callable[[], None] | None = None,
     counters: dict[str, int] | None = None,
+    track_process_group: Callable[[int | None], None] | None = None,
 ) -> LoadedHandler:
     """Resolve the target; a class is instantiated once per process with the options."""
     target = resolve_target(spec.handler.target)
@@ -99,6 +103,7 @@ def load_handler(
     context = HandlerContext(
         options=options, logger=logger, tenant=spec.public_info(), base_dir=spec.base_dir,
         keepalive=keepalive or (lambda: None), counters={} if counters is None else counters,
+        track_process_group=track_process_group or (lambda pgid: None),
     )
     if not inspect.isclass(target):
         return LoadedHandler(target, context)

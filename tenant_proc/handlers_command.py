@@ -6,8 +6,11 @@ What the program gets, and what it cannot get:
   describing the email, and only the further variables named in `env = ["NAME", ...]`. The
   tenant's environment holds SUPABASE_SERVICE_ROLE_KEY and every tenant's password_env
   variable: none of them is passed unless listed.
-- Its own process group, killed whole on timeout or when the tenant stops, and SIGKILL from the
-  kernel when the tenant process dies, even by SIGKILL (parent-death signal).
+- Its own process group, killed whole on timeout or when the tenant stops. When the tenant
+  process dies, even by SIGKILL, the kernel kills the program itself (parent-death signal) and
+  the supervisor the rest of its group (what it started in the background; a child that
+  calls setsid has left the group and is beyond reach): the group is reported to it
+  (context.track_process_group) while the program runs.
 - `timeout` defaults to DEFAULT_COMMAND_TIMEOUT, below the default heartbeat_timeout (30 s);
   while it runs the tenant keeps beating (context.keepalive), so a longer, explicitly
   configured timeout is slow work, not a hang.
@@ -42,9 +45,10 @@ def command(email: Email, context: HandlerContext) -> None:
         process_group=0, preexec_fn=_die_with_parent,
     )
     try:
+        context.track_process_group(proc.pid)
         stderr = _wait(proc, email.raw, timeout, context)
     finally:
-        _kill_group(proc)  # whatever it left running in its group goes with it
+        _kill_group(proc, context)  # whatever it left running in its group goes with it
     if proc.returncode != 0:
         detail = stderr.decode("utf-8", "replace").strip().splitlines()
         tail = f": {detail[-1][:200]}" if detail else ""
@@ -100,11 +104,14 @@ def _wait(proc: subprocess.Popen[bytes], raw: bytes, timeout: float, context: Ha
                 raise subprocess.TimeoutExpired(proc.args, timeout) from None
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _kill_group(proc: subprocess.Popen[bytes], context: HandlerContext) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    # Untracked before the leader is reaped: until then its pid cannot be reused, so nobody
+    # (the supervisor, our own exit path) can ever kill a group that is no longer this one.
+    context.track_process_group(None)
     proc.wait()
 
 

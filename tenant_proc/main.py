@@ -58,7 +58,8 @@ def _run(spec: TenantSpec, conn: Connection, parent_pid: int, log: logging.Logge
 
     try:
         handler = load_handler(spec, log, keepalive=control.heartbeat_if_due,
-                               counters=control.counters)
+                               counters=control.counters,
+                               track_process_group=control.track_process_group)
     except HandlerError as exc:
         return _fatal(control, log, "config", str(exc))
     store = open_store(spec, keepalive=control.heartbeat_if_due)

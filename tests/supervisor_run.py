@@ -37,6 +37,7 @@ class TenantEntry:
     via_env: bool = True  # password through password_env (the documented way)
     auth: str | None = None  # password (the product's default) | xoauth2 | oauthbearer
     oauth: dict[str, Any] | None = None  # written as the tenant's [tenant.oauth] sub-table
+    extra: dict[str, Any] = field(default_factory=dict)  # further [[tenant]] keys (dedupe_window ...)
 
     def env_var(self) -> str:
         return f"PW_{self.id.upper().replace('-', '_').replace('.', '_')}"
@@ -92,6 +93,7 @@ class SupervisorRun:
             elif isinstance(t.ca_file, str):
                 row["ca_file"] = t.ca_file
             row["auth"] = t.auth
+            row.update(t.extra)
             if t.auth is None or t.password:  # an OAuth tenant needs no password
                 if t.via_env:
                     row["password_env"] = t.env_var()

@@ -106,3 +106,108 @@ def test_tenant_keeps_beating_while_a_slow_command_runs(dovecot, tmp_path):
         assert status["restarts"] == 0, run.log_text()[-2000:]
         assert out.read_text().count("run") == 1
         assert "killed as hung" not in run.log_text()
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is pgid, from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            data = Path(f"/proc/{entry}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != b"Z":  # fields: state, ppid, pgrp, ...
+            members.append(int(entry))
+    return members
+
+
+@pytest.mark.integration
+def test_the_whole_command_group_dies_with_a_sigkilled_tenant(dovecot, tmp_path):
+    """The kernel kills the program with its tenant (parent-death signal); the supervisor kills
+    the rest of its process group (here a background `sleep`), and the restarted tenant hands
+    the email over once more (the ledger's `handling` mark), which then succeeds once."""
+    dovecot.add_user("acme", "acme-pw")
+    mark, done = tmp_path / "first-run", tmp_path / "done.txt"
+    leader_file, grandchild_file = tmp_path / "leader.pid", tmp_path / "grandchild.pid"
+    script = (f"if [ -e {mark} ]; then echo \"$IDLE_UID $IDLE_REDELIVERED\" >> {done}; exit 0; fi; "
+              f"touch {mark}; sleep 300 & echo $! > {grandchild_file}; echo $$ > {leader_file}; wait")
+    handler = {"target": "tenant_proc.handlers:command", "timeout": 600, "argv": ["sh", "-c", script]}
+    run = SupervisorRun(tmp_path / "run", dovecot, [TenantEntry("acme", "acme", "acme-pw")], handler=handler)
+    grandchild = None
+    try:
+        with run.start():
+            dovecot.deliver("acme", make_message("slow program", message_id="<group@t>"))
+            grandchild = int(_wait_for_file(grandchild_file, 20))
+            leader = int(_wait_for_file(leader_file, 5))
+            assert leader in _group_members(leader) and grandchild in _group_members(leader)
+            tenant_pid = run.tenant("acme")["pid"]
+            os.kill(tenant_pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _group_members(leader) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _group_members(leader) == [], "part of the command's group outlived its tenant"
+            run.wait_for(lambda s: s["tenants"]["acme"]["pid"] not in (None, tenant_pid)
+                         and s["tenants"]["acme"]["processed"] >= 1, 30, "restarted and handled")
+            time.sleep(1)  # a second hand-over would show up now
+            assert done.read_text().split("\n")[:-1] == ["1 1"]  # once, marked redelivered
+            assert "killed process group" in run.log_text()
+    finally:
+        if grandchild is not None and process_gone_within([grandchild], 0.1):
+            os.kill(grandchild, signal.SIGKILL)  # a failure leaves it running: do not leak it
+
+
+def test_a_reported_group_is_killed_only_while_its_number_is_still_ours():
+    import subprocess
+
+    from ipc.procstat import start_ticks
+    from supervisor.command_groups import kill_orphaned_group, reported_group
+
+    assert reported_group({"pgid": os.getpgrp(), "start": 1}) is None  # never our own group
+    assert reported_group({"pgid": 1, "start": 1}) is None and reported_group({"pgid": True}) is None
+    assert reported_group({"pgid": None, "start": None}) is None  # the command ended
+    proc = subprocess.Popen(["sleep", "300"], process_group=0)
+    try:
+        start = start_ticks(proc.pid)
+        assert start is not None and reported_group({"pgid": proc.pid, "start": start}) == (proc.pid, start)
+        # Another start time under that number: the pid was reused, our group is long empty.
+        assert not kill_orphaned_group("t", (proc.pid, start + 1))
+        assert proc.poll() is None
+        assert kill_orphaned_group("t", (proc.pid, start))
+        assert proc.wait(5) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.integration
+def test_the_command_group_dies_when_the_supervisor_is_sigkilled(dovecot, tmp_path):
+    """No supervisor left to clean up: the tenant (told by its parent-death signal) stops, and
+    when its shutdown_timeout runs out while the command still runs, it kills the command's
+    whole group before it exits."""
+    dovecot.add_user("acme", "acme-pw")
+    leader_file, grandchild_file = tmp_path / "leader.pid", tmp_path / "grandchild.pid"
+    script = f"sleep 300 & echo $! > {grandchild_file}; echo $$ > {leader_file}; wait"
+    handler = {"target": "tenant_proc.handlers:command", "timeout": 600, "argv": ["sh", "-c", script]}
+    run = SupervisorRun(tmp_path / "run", dovecot, [TenantEntry("acme", "acme", "acme-pw")], handler=handler,
+                        supervisor={"shutdown_timeout": 2})
+    grandchild = None
+    try:
+        with run.start():
+            dovecot.deliver("acme", make_message("slow program", message_id="<orphan@t>"))
+            grandchild = int(_wait_for_file(grandchild_file, 20))
+            leader = int(_wait_for_file(leader_file, 5))
+            tenant_pid = run.tenant("acme")["pid"]
+            assert run.proc is not None
+            run.proc.kill()
+            run.proc.wait(5)
+            assert process_gone_within([tenant_pid], 15) == [], "the tenant outlived its supervisor"
+            deadline = time.monotonic() + 10
+            while _group_members(leader) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _group_members(leader) == [], "part of the command's group outlived its tenant"
+    finally:
+        if grandchild is not None and process_gone_within([grandchild], 0.1):
+            os.kill(grandchild, signal.SIGKILL)  # a failure leaves it running: do not leak it
