@@ -42,6 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # fails an otherwise passing test in its teardown, unless the test is marked
 # `@pytest.mark.allow_traceback("reason")` because that traceback is the product's behaviour.
 SUPERVISOR_LOG_TAIL = 6000
+CALL_PASSED = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,6 +65,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     outcome = yield
     report = outcome.get_result()
     runs = list(SupervisorRun.created)
+    if call.when == "call":
+        item.stash[CALL_PASSED] = report.passed
     if report.failed and call.when in ("call", "teardown"):
         for index, run in enumerate(runs):
             report.sections.append((f"supervisor log #{index + 1} ({run.log_path})",
@@ -73,7 +76,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     keep_dir = item.config.getoption("--supervisor-logs")
     if keep_dir:
         _keep_logs(Path(keep_dir), item.nodeid, [run.log_text() for run in runs])
-    if report.passed:
+    if report.passed and item.stash.get(CALL_PASSED, False):  # a failed test has its own story
         problem = _traceback_problem(item, [run.log_text() for run in runs])
         if problem:
             report.outcome = "failed"

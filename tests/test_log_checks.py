@@ -59,6 +59,10 @@ def test_conftest_fails_a_passing_test_whose_supervisor_log_has_a_traceback(tmp_
         def test_traceback(tmp_path):
             _run_with_log(tmp_path, LOG)
 
+        def test_failing_with_a_traceback(tmp_path):
+            _run_with_log(tmp_path, LOG)
+            assert False, "fails on its own"
+
         def test_clean(tmp_path):
             _run_with_log(tmp_path, "INFO all good\\n")
 
@@ -83,5 +87,6 @@ def test_conftest_fails_a_passing_test_whose_supervisor_log_has_a_traceback(tmp_
     assert errors == {"test_inner.py::test_traceback", "test_inner.py::test_allowed_without_reason"}, out
     assert "reason: why is a traceback right here?" in out, out
     assert "1 traceback(s) in the supervisor log(s)" in out and "ValueError: boom" in out, out
+    assert "FAILED test_inner.py::test_failing_with_a_traceback" in out, out  # once, not also an ERROR
     kept = sorted(p.name for p in (tmp_path / "kept").iterdir())
-    assert len(kept) == 4 and all(name.endswith(".1.log") for name in kept), kept
+    assert len(kept) == 5 and all(name.endswith(".1.log") for name in kept), kept
