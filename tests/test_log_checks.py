@@ -33,10 +33,18 @@ def test_a_broken_log_call_and_a_json_exc_field_are_found():
     assert len(find_tracebacks(json_line)) == 1
 
 
-def test_one_line_failures_are_not_tracebacks():
-    clean = ("ERROR [Acme AB] crashed: ValueError: boom\n"
-             "ERROR loop tick failed: RuntimeError: x at arbiter.py:12 in tick\n"
-             "WARNING [Acme AB] handler failed on uid 3 (attempt 1/5): Traceback-free text\n")
+def test_the_one_line_reports_of_an_unhandled_exception_count_too():
+    log = ("ERROR [Acme AB] crashed: ValueError: boom at store.py:81 in __init__\n"
+           "INFO [Acme AB] started (pid 12)\n"
+           "ERROR loop tick failed: RuntimeError: x at arbiter.py:12 in tick\n")
+    assert len(find_tracebacks(log)) == 1  # one excerpt: the second is within the first's lines
+    assert len(find_tracebacks("ERROR loop tick failed: RuntimeError: x\n")) == 1
+
+
+def test_expected_failures_are_not_tracebacks():
+    clean = ("WARNING [Acme AB] crashed with exit code 1; restarting in 1s\n"  # the parent's view
+             "WARNING [Acme AB] handler failed on uid 3 (attempt 1/5): ValueError: no\n"
+             "ERROR [Acme AB] failed: auth: login failed for acme at 127.0.0.1:993\n")
     assert find_tracebacks(clean) == []
 
 
