@@ -23,8 +23,8 @@ from tests.dovecot import Dovecot  # noqa: E402
 MARKERS = {
     "slow": "takes more than a few seconds (deselect with -m 'not slow')",
     "integration": "starts real processes or servers (Dovecot, PostgreSQL, the supervisor)",
-    "allow_traceback": "allow_traceback(reason): a traceback in this test's supervisor logs is the "
-                       "behaviour under test (see '--- Supervisor logs' below)",
+    "allow_traceback": "allow_traceback(reason): a traceback or crash line in this test's supervisor "
+                       "logs is the behaviour under test (tests/log_checks.py)",
 }
 
 
@@ -38,9 +38,9 @@ def pytest_configure(config: pytest.Config) -> None:
 # log (kept in the test's tmp dir, deleted after a CI run) says why. Attach its tail.
 # `--supervisor-logs DIR` copies every supervisor log a test wrote to DIR (one file per run,
 # named after the test) to read or grep after a run.
-# Every log is checked for tracebacks after the test (tests/log_checks.py says why): a traceback
-# fails an otherwise passing test in its teardown, unless the test is marked
-# `@pytest.mark.allow_traceback("reason")` because that traceback is the product's behaviour.
+# Every log is checked after the test for tracebacks and for the one-line reports of an unhandled
+# exception (tests/log_checks.py says why): one fails an otherwise passing test in its teardown,
+# unless the test is marked `@pytest.mark.allow_traceback("reason")` because it provoked it.
 SUPERVISOR_LOG_TAIL = 6000
 CALL_PASSED = pytest.StashKey[bool]()
 
@@ -73,11 +73,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
                                     run.log_text()[-SUPERVISOR_LOG_TAIL:]))
     if call.when != "teardown" or not runs:
         return  # teardown: every fixture has stopped its supervisor, the logs are complete
+    texts = [run.log_text() for run in runs]
     keep_dir = item.config.getoption("--supervisor-logs")
     if keep_dir:
-        _keep_logs(Path(keep_dir), item.nodeid, [run.log_text() for run in runs])
+        _keep_logs(Path(keep_dir), item.nodeid, texts)
     if report.passed and item.stash.get(CALL_PASSED, False):  # a failed test has its own story
-        problem = _traceback_problem(item, [run.log_text() for run in runs])
+        problem = _traceback_problem(item, texts)
         if problem:
             report.outcome = "failed"
             report.longrepr = problem
@@ -103,8 +104,9 @@ def _traceback_problem(item: pytest.Item, texts: list[str]) -> str | None:
     if not found:
         return None
     shown = "\n\n".join(f"supervisor log #{index + 1}:\n{excerpt}" for index, excerpt in found[:3])
-    return (f"{len(found)} traceback(s) in the supervisor log(s) of a passing test: every failure "
-            f"must be one clear line (or mark the test allow_traceback(reason)):\n\n{shown}")
+    return (f"{len(found)} traceback(s) or crash line(s) in the supervisor log(s) of a passing test: "
+            f"an unhandled exception is a bug (if the test provoked it, mark it "
+            f"allow_traceback(reason)):\n\n{shown}")
 
 
 # --- Dovecot fixtures ---

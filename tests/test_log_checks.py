@@ -94,7 +94,7 @@ def test_conftest_fails_a_passing_test_whose_supervisor_log_has_a_traceback(tmp_
     errors = {line.split()[1] for line in out.splitlines() if line.startswith("ERROR ")}
     assert errors == {"test_inner.py::test_traceback", "test_inner.py::test_allowed_without_reason"}, out
     assert "reason: why is a traceback right here?" in out, out
-    assert "1 traceback(s) in the supervisor log(s)" in out and "ValueError: boom" in out, out
+    assert "1 traceback(s) or crash line(s) in the supervisor log(s)" in out and "ValueError: boom" in out, out
     assert "FAILED test_inner.py::test_failing_with_a_traceback" in out, out  # once, not also an ERROR
     kept = sorted(p.name for p in (tmp_path / "kept").iterdir())
     assert len(kept) == 5 and all(name.endswith(".1.log") for name in kept), kept
