@@ -10,8 +10,9 @@ restarts it from a clean state.
 """
 from __future__ import annotations
 
-import traceback
 from collections import deque
+
+from tenant_proc.logs import describe_exception
 
 FAILED_TICK_LIMIT = 5  # this many failed ticks ...
 FAILED_TICK_WINDOW = 60.0  # ... within this many seconds: stop and exit
@@ -34,11 +35,6 @@ class TickFailures:
 
 
 def describe(exc: BaseException) -> str:
-    """One line: the exception and where it was raised (the innermost frame), no traceback."""
-    text = " ".join(str(exc).split())[:300]
-    where = ""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if frames:
-        last = frames[-1]
-        where = f" at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
-    return f"{type(exc).__name__}{': ' + text if text else ''}{where}"
+    """One line: the exception and where it was raised (the innermost frame), no traceback;
+    the same line a tenant process logs when it crashes."""
+    return describe_exception(exc)

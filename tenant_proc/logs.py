@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 from typing import Any
 
 LOGGER_NAME = "tenant"
@@ -68,6 +69,19 @@ def render(msg: Any, args: tuple[Any, ...]) -> str:
 
 def _bounded_arg(value: Any) -> Any:
     return bounded(value, MAX_ARG_CHARS) if isinstance(value, str) else value
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for an exception nobody handled: its type, its text and where it was raised
+    (the innermost frame), never a traceback. The operator sees what broke and the line to
+    report; a traceback would spill many lines (and locals' text) into a shared log."""
+    text = " ".join(str(exc).split())[:MAX_ARG_CHARS]
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        where = f" at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
+    return f"{type(exc).__name__}{': ' + text if text else ''}{where}"
 
 
 def tenant_logger(name: str) -> logging.LoggerAdapter:

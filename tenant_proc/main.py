@@ -16,7 +16,7 @@ from typing import NoReturn
 from ipc import protocol
 from tenant_proc.control import Control
 from tenant_proc.handler_loader import HandlerError, load_handler
-from tenant_proc.logs import tenant_logger
+from tenant_proc.logs import describe_exception, tenant_logger
 from tenant_proc.mailbox import Mailbox
 from tenant_proc.connect import FatalError
 from tenant_proc import signin
@@ -37,7 +37,7 @@ def run_tenant(spec: TenantSpec, conn: Connection, parent_pid: int) -> NoReturn:
     try:
         code = _run(spec, conn, parent_pid, log)
     except BaseException as exc:  # never a traceback with locals: one line, no secrets
-        log.error("crashed: %s: %s", type(exc).__name__, exc)
+        log.error("crashed: %s", describe_exception(exc))
     finally:
         _flush_logs()
     # os._exit: the parent's atexit hooks and multiprocessing finalizers must not run here.

@@ -23,6 +23,8 @@ from tests.dovecot import Dovecot  # noqa: E402
 MARKERS = {
     "slow": "takes more than a few seconds (deselect with -m 'not slow')",
     "integration": "starts real processes or servers (Dovecot, PostgreSQL, the supervisor)",
+    "allow_traceback": "allow_traceback(reason): a traceback or crash line in this test's supervisor "
+                       "logs is the behaviour under test (tests/log_checks.py)",
 }
 
 
@@ -31,24 +33,80 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {description}")
 
 
-# --- Supervisor logs on failure ---
+# --- Supervisor logs: attached on failure, kept on request, free of tracebacks ---
 # A test that fails after its supervisor stopped leaves only an assertion; the supervisor's own
 # log (kept in the test's tmp dir, deleted after a CI run) says why. Attach its tail.
+# `--supervisor-logs DIR` copies every supervisor log a test wrote to DIR (one file per run,
+# named after the test) to read or grep after a run.
+# Every log is checked after the test for tracebacks and for the one-line reports of an unhandled
+# exception (tests/log_checks.py says why): one fails an otherwise passing test in its teardown,
+# unless the test is marked `@pytest.mark.allow_traceback("reason")` because it provoked it.
 SUPERVISOR_LOG_TAIL = 6000
+CALL_PASSED = pytest.StashKey[bool]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--supervisor-logs", metavar="DIR", default=None,
+                     help="copy every supervisor log a test wrote to DIR")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from tests.supervisor_run import SupervisorRun
+
+    # Before the fixtures: a run a fixture starts belongs to this test too.
+    SupervisorRun.created.clear()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     from tests.supervisor_run import SupervisorRun
 
-    if call.when == "setup":
-        SupervisorRun.created.clear()
     outcome = yield
     report = outcome.get_result()
+    runs = list(SupervisorRun.created)
+    if call.when == "call":
+        item.stash[CALL_PASSED] = report.passed
     if report.failed and call.when in ("call", "teardown"):
-        for index, run in enumerate(SupervisorRun.created):
+        for index, run in enumerate(runs):
             report.sections.append((f"supervisor log #{index + 1} ({run.log_path})",
                                     run.log_text()[-SUPERVISOR_LOG_TAIL:]))
+    if call.when != "teardown" or not runs:
+        return  # teardown: every fixture has stopped its supervisor, the logs are complete
+    texts = [run.log_text() for run in runs]
+    keep_dir = item.config.getoption("--supervisor-logs")
+    if keep_dir:
+        _keep_logs(Path(keep_dir), item.nodeid, texts)
+    if report.passed and item.stash.get(CALL_PASSED, False):  # a failed test has its own story
+        problem = _traceback_problem(item, texts)
+        if problem:
+            report.outcome = "failed"
+            report.longrepr = problem
+
+
+def _keep_logs(keep_dir: Path, nodeid: str, texts: list[str]) -> None:
+    keep_dir.mkdir(parents=True, exist_ok=True)
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in nodeid)[-180:]
+    for index, text in enumerate(texts):
+        (keep_dir / f"{stem}.{index + 1}.log").write_text(text)
+
+
+def _traceback_problem(item: pytest.Item, texts: list[str]) -> str | None:
+    """Why this test must fail because of its supervisor logs, or None."""
+    from tests.log_checks import find_tracebacks
+
+    marker = item.get_closest_marker("allow_traceback")
+    if marker is not None:
+        if marker.args and str(marker.args[0]).strip():
+            return None
+        return "@pytest.mark.allow_traceback needs a reason: why is a traceback right here?"
+    found = [(index, excerpt) for index, text in enumerate(texts) for excerpt in find_tracebacks(text)]
+    if not found:
+        return None
+    shown = "\n\n".join(f"supervisor log #{index + 1}:\n{excerpt}" for index, excerpt in found[:3])
+    return (f"{len(found)} traceback(s) or crash line(s) in the supervisor log(s) of a passing test: "
+            f"an unhandled exception is a bug (if the test provoked it, mark it "
+            f"allow_traceback(reason)):\n\n{shown}")
 
 
 # --- Dovecot fixtures ---

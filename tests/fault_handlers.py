@@ -37,3 +37,13 @@ def oversized_frame(email, context) -> None:
     if "OVERSIZED" in (email.subject or ""):
         conn = context.keepalive.__self__.conn  # the tenant's Control pipe (bound method)
         os.write(conn.fileno(), struct.pack("!i", -1) + struct.pack("!Q", 1 << 40))
+
+
+def exit_on_crash_subject(email, context) -> None:
+    """Handler code that ends its process the Python way (`sys.exit` in a library, a
+    KeyboardInterrupt): a BaseException the mailbox does not catch, so the tenant crashes."""
+    import sys
+
+    if "CRASH" in (email.subject or ""):
+        sys.exit("handler called sys.exit")
+    jsonl(email, context)

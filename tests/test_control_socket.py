@@ -163,6 +163,7 @@ def _faulty_run(tmp_path, dovecot) -> SupervisorRun:
                          extra_env={"IDLE_TEST_FAIL_TICKS": str(trigger)})
 
 
+@pytest.mark.allow_traceback("injected failing ticks: their one-line reports are what is tested")
 def test_one_failing_tick_is_contained(dovecot, tmp_path):
     with _faulty_run(tmp_path, dovecot).start() as run:
         pid = run.child_pids()["acme"]
@@ -180,6 +181,7 @@ def test_one_failing_tick_is_contained(dovecot, tmp_path):
     assert "Traceback" not in run.log_text()
 
 
+@pytest.mark.allow_traceback("injected failing ticks: their one-line reports are what is tested")
 def test_repeated_failing_ticks_end_the_run_cleanly(dovecot, tmp_path):
     with _faulty_run(tmp_path, dovecot).start() as run:
         pid = run.child_pids()["acme"]
