@@ -170,6 +170,7 @@ class Mailbox:
             return self._handle_batch(client, batch, sizes, messages, fetched, broken, notice)
         finally:  # never wait, fetch or exit (StopRequested, ConnectionLost) with a row held
             self.held_row.write()
+            self.control.send_queued()
 
     def _handle_batch(
         self, client: IMAPClient, batch: list[int], sizes: dict[int, int],
@@ -286,7 +287,7 @@ class Mailbox:
         self._advance(uid, persist=False)
         self.control.counters["processed"] += 1
         self.log.info("processed uid %d %s in %.3fs", uid, message_id, latency)
-        self.control.send(protocol.processed(uid, self.checkpoint.uidvalidity, message_id, "processed", latency))
+        self.control.send_soon(protocol.processed(uid, self.checkpoint.uidvalidity, message_id, "processed", latency))
 
     def _already_handled(self, uid: int, message_id: str | None) -> bool:
         """Message-ID deduplication: within [imap] dedupe_window, and for the UIDs a
