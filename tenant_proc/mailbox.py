@@ -287,7 +287,8 @@ class Mailbox:
         self._advance(uid, persist=False)
         self.control.counters["processed"] += 1
         self.log.info("processed uid %d %s in %.3fs", uid, message_id, latency)
-        self.control.send_soon(protocol.processed(uid, self.checkpoint.uidvalidity, message_id, "processed", latency))
+        self.control.send_soon(
+            protocol.processed(uid, self.checkpoint.uidvalidity, message_id, "processed", latency))
 
     def _already_handled(self, uid: int, message_id: str | None) -> bool:
         """Message-ID deduplication: within [imap] dedupe_window, and for the UIDs a

@@ -179,7 +179,8 @@ class SqliteStore:
         Only an existing row takes the read-then-write transaction.
         """
         try:
-            inserted = self._db.execute(_INSERT_HANDLING, (tenant_id, folder, uidvalidity, uid, time.time())).rowcount
+            inserted = self._db.execute(
+                _INSERT_HANDLING, (tenant_id, folder, uidvalidity, uid, time.time())).rowcount
         except sqlite3.Error as exc:
             raise StoreError(f"checkpoint store write failed: {exc}") from None
         if inserted == 1:
@@ -201,15 +202,19 @@ class SqliteStore:
         done_uid, message_id, status = finished
 
         def both() -> tuple[str | None, int]:
-            for sql, params in self._done_statements(tenant_id, folder, uidvalidity, done_uid, message_id, status):
+            for sql, params in self._done_statements(
+                    tenant_id, folder, uidvalidity, done_uid, message_id, status):
                 self._db.execute(sql, params)
-            if self._db.execute(_INSERT_HANDLING, (tenant_id, folder, uidvalidity, uid, time.time())).rowcount == 1:
+            marked = self._db.execute(_INSERT_HANDLING, (tenant_id, folder, uidvalidity, uid, time.time()))
+            if marked.rowcount == 1:
                 return None, 0
             return self._begin_existing(tenant_id, folder, uidvalidity, uid)
 
         return self._transaction(both)
 
-    def _begin_existing(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> tuple[str | None, int]:
+    def _begin_existing(
+        self, tenant_id: str, folder: str, uidvalidity: int, uid: int
+    ) -> tuple[str | None, int]:
         """Inside a write transaction: the UID has a row; mark it handling unless it is done."""
         row = self._db.execute(
             "SELECT status, attempts FROM ledger WHERE tenant_id = ? AND folder = ? "
@@ -306,6 +311,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"checkpoint store write failed: {exc}") from None
         return result
+
 
 def _prepare_file(path: Path) -> None:
     """Create the state dir 0700 and the database 0600: the ledger names senders and subjects."""
