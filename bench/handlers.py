@@ -35,3 +35,21 @@ def every(email, context) -> None:
             os.write(fd, line)
         finally:
             os.close(fd)
+
+
+_profiler = None
+
+
+def profiled(email, context) -> None:
+    """every(), plus cProfile of the whole tenant process from the 1st to the last email
+    (options: "total", "profile" = where the pstats file goes). Only for profiling a burst."""
+    global _profiler
+    import cProfile
+
+    if _profiler is None:
+        _profiler = cProfile.Profile()
+        _profiler.enable()
+    every(email, context)
+    if _count == int(context.options["total"]):
+        _profiler.disable()
+        _profiler.dump_stats(context.options["profile"])

@@ -63,6 +63,12 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
         formatter = TextFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
+    # No format here shows where a call was made, its thread or its multiprocessing name:
+    # not collecting them (the logging HOWTO's "Optimization") saves ~7 of ~46 us per line,
+    # and a tenant logs a line per email. The pid stays (the JSON format shows it).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

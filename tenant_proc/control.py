@@ -22,6 +22,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # not a hang; the supervisor still checks in /proc that the process sleeps (not stopped, not
 # spinning). Any other state (connecting, processing, backoff...) beats every heartbeat_interval.
 QUIET_STATES = frozenset({"idle", "polling"})
+# Reports queued by send_soon go out together once this many wait, or the oldest waited this
+# long (seconds), or anything else is sent: a slow handler's reports are not held back.
+QUEUED_REPORTS_MAX = 64
+QUEUED_REPORTS_MAX_AGE = 0.1
 
 
 class StopRequested(Exception):
@@ -54,6 +58,12 @@ class Control:
         # The process group of the command a handler is running (track_process_group): an exit
         # "now" from a signal handler kills it first, as no `finally` of the handler runs then.
         self.process_group: int | None = None
+        self._queued: list[dict[str, Any]] = []
+        # Asked before every email: Connection.poll(0) builds a selector each call (~24 us
+        # here); one poll object kept for the pipe answers in about a microsecond.
+        self._parent_poller = select.poll()
+        self._parent_poller.register(conn.fileno(), select.POLLIN)
+        self._queued_since = 0.0
 
     # -- bootstrap -----------------------------------------------------------------------
 
@@ -98,8 +108,29 @@ class Control:
     # -- reporting -----------------------------------------------------------------------
 
     def send(self, message: dict[str, Any]) -> None:
+        if self._queued:  # in order: a heartbeat's counters already count the queued reports
+            self.send_queued()
         if not protocol.send(self.conn, message):
             self.request_stop("parent pipe closed")
+
+    def send_soon(self, message: dict[str, Any]) -> None:
+        """Queue a report (`processed` during a backlog); the mailbox sends the queue at the end
+        of each batch. Sent one by one, every email woke the parent for a whole loop tick of its
+        own: 0.22-0.30 ms of its CPU per email (bench/burst.py), on a machine of two cores
+        shared with the server. Written back to back, they are read in one wake-up."""
+        if not self._queued:
+            self._queued_since = time.monotonic()
+        self._queued.append(message)
+        if (len(self._queued) >= QUEUED_REPORTS_MAX
+                or time.monotonic() - self._queued_since >= QUEUED_REPORTS_MAX_AGE):
+            self.send_queued()
+
+    def send_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        for message in queued:
+            if not protocol.send(self.conn, message):
+                self.request_stop("parent pipe closed")
+                return
 
     def hello(self) -> None:
         self.send(protocol.hello(self.tenant_id, os.getpid()))
@@ -197,7 +228,7 @@ class Control:
 
     def _drain_parent(self) -> None:
         try:
-            while self.conn.poll(0):
+            while self._parent_poller.poll(0):  # POLLHUP/POLLERR too: receive() reports them
                 message = protocol.receive(self.conn)
                 if message is not None and message["type"] == "stop":
                     self.request_stop("stop message")

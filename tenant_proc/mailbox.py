@@ -20,6 +20,7 @@ from tenant_proc.control import Control
 from tenant_proc.fetching import FetchBroken, batches, connection_broken, fetch_bodies, survey
 from tenant_proc.handler_loader import LoadedHandler, PermanentHandlerError
 from tenant_proc.message import Envelope, parse_email
+from tenant_proc.processed_rows import HeldProcessedRow
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store import DONE_STATUSES
 from tenant_proc.store_api import Checkpoint, StateStore
@@ -65,6 +66,8 @@ class Mailbox:
         # Message-ID (uidvalidity.py). Stored where the backend can, else for this process.
         self.dedupe_until: int | None = None
         self.replay: Any = None  # tenant_proc.replay.Replayer: runs after every catch-up
+        # The processed row of the last email handled, until the next "handling" mark.
+        self.held_row = HeldProcessedRow(store, spec.id, spec.folder, self._recorded)
 
     # -- checkpoint ----------------------------------------------------------------------
 
@@ -163,14 +166,27 @@ class Mailbox:
         except FetchBroken as exc:  # handle what came before the break, then blame or narrow
             broken, fetched = exc, exc.partial
         messages = {**early, **fetched.messages}
+        try:
+            return self._handle_batch(client, batch, sizes, messages, fetched, broken, notice)
+        finally:  # never wait, fetch or exit (StopRequested, ConnectionLost) with a row held
+            self.held_row.write()
+            self.control.send_queued()
+
+    def _handle_batch(
+        self, client: IMAPClient, batch: list[int], sizes: dict[int, int],
+        messages: dict[int, dict[bytes, Any]], fetched: Any, broken: FetchBroken | None, notice: Notice,
+    ) -> bool:
+        limit = self.spec.imap.max_message_bytes
         for uid in batch:
             self.control.check()
             if self._retry_pending(uid):
                 return False
+            if uid in fetched.refused or uid not in messages:
+                self.held_row.write()  # only _handle writes it together with its own mark
             if uid in fetched.refused:
                 done = self._attempt_failed(uid, None, fetched.refused[uid], notice)
             elif uid in messages:
-                done = self._handle(uid, messages[uid], notice, truncated=sizes[uid] > limit)
+                done = self._handle(uid, messages[uid], notice, truncated=sizes[uid] > limit, defer=True)
             elif broken is not None:
                 self._connection_broke(uid, broken, notice)
             elif fetched.busy is not None:
@@ -223,7 +239,11 @@ class Mailbox:
         self.control.send(protocol.processed(uid, self.checkpoint.uidvalidity, None, "expunged", None))
         return True
 
-    def _handle(self, uid: int, data: dict[bytes, Any], notice: Notice, truncated: bool = False) -> bool:
+    def _handle(
+        self, uid: int, data: dict[bytes, Any], notice: Notice, truncated: bool = False, defer: bool = False,
+    ) -> bool:
+        """defer: leave the processed row to the next "handling" mark (only _process_batch,
+        which writes it before anything else, may ask)."""
         spec = self.spec
         assert self.checkpoint is not None
         uidvalidity = self.checkpoint.uidvalidity
@@ -258,13 +278,17 @@ class Mailbox:
         except Exception as exc:
             return self._attempt_failed(uid, message_id, f"{type(exc).__name__}: {exc}", notice, "handler",
                                         permanent=isinstance(exc, PermanentHandlerError))
-        latency = time.monotonic() - notice.mono
-        self.store.mark_done(spec.id, spec.folder, uidvalidity, uid, email.message_id, "processed")
+        self.held_row.hold(uidvalidity, uid, email.message_id, time.monotonic() - notice.mono, defer)
+        return True
+
+    def _recorded(self, uid: int, message_id: str | None, latency: float) -> None:
+        """The processed row is durable: move on and tell the parent."""
+        assert self.checkpoint is not None
         self._advance(uid, persist=False)
         self.control.counters["processed"] += 1
-        self.log.info("processed uid %d %s in %.3fs", uid, email.message_id, latency)
-        self.control.send(protocol.processed(uid, uidvalidity, email.message_id, "processed", latency))
-        return True
+        self.log.info("processed uid %d %s in %.3fs", uid, message_id, latency)
+        self.control.send_soon(
+            protocol.processed(uid, self.checkpoint.uidvalidity, message_id, "processed", latency))
 
     def _already_handled(self, uid: int, message_id: str | None) -> bool:
         """Message-ID deduplication: within [imap] dedupe_window, and for the UIDs a
@@ -290,7 +314,11 @@ class Mailbox:
         return True
 
     def _begin_attempt(self, uidvalidity: int, uid: int) -> tuple[str | None, int]:
-        """The UID's previous ledger status and attempts; marks it "handling" where it can."""
+        """The UID's previous ledger status and attempts; marks it "handling" where it can,
+        in one transaction with the held processed row of the previous email (processed_rows.py)."""
+        combined = self.held_row.begin_with(uidvalidity, uid)
+        if combined is not None:
+            return combined
         spec = self.spec
         begin = getattr(self.store, "begin_attempt", None)
         if begin is not None:

@@ -99,6 +99,11 @@ class _FakeControl:
     def send(self, message: dict[str, Any]) -> None:
         pass
 
+    send_soon = send
+
+    def send_queued(self) -> None:
+        pass
+
 
 def test_session_backs_off_as_long_as_a_throttling_server_asks(monkeypatch):
     def throttled_open(spec: TenantSpec, keepalive: Any = None) -> Any:
@@ -278,6 +283,16 @@ class PropertyWorld:
                     world.interrupted.add((uidvalidity, uid))
                     raise Crash("killed between handler return and mark_done")
                 super().mark_done(tenant_id, folder, uidvalidity, uid, message_id, status, error)
+
+            def finish_then_begin(self, tenant_id, folder, uidvalidity, finished, uid):
+                # During a batch the processed row is written with the next UID's mark: a
+                # crash before that joint commit leaves the finished email 'handling'.
+                if world.crash_before_mark:
+                    world.crash_before_mark = False
+                    world.crash_after[(uidvalidity, finished[0])] += 1
+                    world.interrupted.add((uidvalidity, finished[0]))
+                    raise Crash("killed between handler return and the joint commit")
+                return super().finish_then_begin(tenant_id, folder, uidvalidity, finished, uid)
 
         self.store.__class__ = Store
         self.mailbox = Mailbox(self.spec, self.store, self.handle, _FakeControl(), _NullLog())  # type: ignore[arg-type]

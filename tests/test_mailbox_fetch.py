@@ -91,6 +91,11 @@ class _Control:
     def send(self, message: dict[str, Any]) -> None:
         pass
 
+    send_soon = send
+
+    def send_queued(self) -> None:
+        pass
+
 
 class _Log:
     def __getattr__(self, name: str) -> Any:

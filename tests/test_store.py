@@ -4,9 +4,11 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
+
 from tenant_proc.spec import StateSpec, Secret, TenantSpec
 from tenant_proc.store import SqliteStore, open_store
-from tenant_proc.store_api import Checkpoint
+from tenant_proc.store_api import Checkpoint, StoreError
 
 
 def _store(tmp_path: Path) -> SqliteStore:
@@ -70,3 +72,34 @@ def test_open_store_uses_state_dir(tmp_path: Path) -> None:
     store = open_store(spec)
     store.save_checkpoint("acme", "INBOX", Checkpoint(1, 1))
     assert (tmp_path / "s" / "checkpoints.sqlite3").exists()
+
+
+def test_finish_then_begin_writes_both_rows_in_one_transaction(tmp_path: Path) -> None:
+    """The burst path: email 1's processed row and email 2's handling mark in one commit, with
+    begin_attempt's semantics for the second (a previous 'handling' is a death, counted)."""
+    store = _store(tmp_path)
+    assert store.begin_attempt("acme", "INBOX", 9, 1) == (None, 0)
+    assert store.finish_then_begin("acme", "INBOX", 9, (1, "<m1>", "processed"), 2) == (None, 0)
+    assert store.is_done("acme", "INBOX", 9, 1)
+    assert store.load_checkpoint("acme", "INBOX") == Checkpoint(9, 1)
+    status = "SELECT status, attempts FROM ledger WHERE uid = ?"
+    assert store._db.execute(status, (2,)).fetchone() == ("handling", 0)
+    store.close()  # the process died in email 2's handler
+    store = _store(tmp_path)
+    assert store.begin_attempt("acme", "INBOX", 9, 2) == ("handling", 1)
+    # A done UID stays done and comes back as such.
+    assert store.finish_then_begin("acme", "INBOX", 9, (2, "<m2>", "processed"), 1) == ("processed", 0)
+    assert store._db.execute(status, (2,)).fetchone() == ("processed", 1)
+
+
+def test_finish_then_begin_is_all_or_nothing(tmp_path: Path) -> None:
+    """If the mark cannot be written, the finished row is not either: the caller still holds
+    it and the email stays 'handling' (redelivered after a crash, never lost)."""
+    store = _store(tmp_path)
+    store.begin_attempt("acme", "INBOX", 9, 1)
+    store._db.execute("CREATE TRIGGER no_three BEFORE INSERT ON ledger WHEN NEW.uid = 3 "
+                      "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    with pytest.raises(StoreError):
+        store.finish_then_begin("acme", "INBOX", 9, (1, "<m1>", "processed"), 3)
+    assert not store.is_done("acme", "INBOX", 9, 1)
+    assert store.load_checkpoint("acme", "INBOX") is None
