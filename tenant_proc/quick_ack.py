@@ -3,8 +3,9 @@
 Servers that write one answer in several small pieces with Nagle on (Cyrus's FETCH answers,
 Courier's couriertls records) hold each piece back until the previous one is acknowledged; a
 client that delays its ACK then adds ~40 ms to every reaction. TCP_QUICKACK switches the
-delayed ACKs off, but Linux switches them back on by itself (when we send data, when the timer
-fires), so it is set again before every read. One setsockopt per read: a few microseconds.
+delayed ACKs off, but Linux switches them back on by itself (each command we send makes the
+flow look interactive again), so it is set again before every read. One setsockopt per read:
+about a microsecond.
 """
 from __future__ import annotations
 
