@@ -73,10 +73,14 @@ def password(i: int) -> str:
 class Bench:
     """with Bench("name", time_limit) as b: ... ; b.emit(...) prints the JSON line."""
 
-    def __init__(self, name: str, description: str = "") -> None:
+    def __init__(self, name: str, description: str = "",
+                 arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+        """arguments: adds a benchmark's own options to --quick and --keep."""
         parser = argparse.ArgumentParser(description=description)
         parser.add_argument("--quick", action="store_true", help="small size, finishes fast")
         parser.add_argument("--keep", action="store_true", help="keep the work dir")
+        if arguments is not None:
+            arguments(parser)
         self.args = parser.parse_args()
         self.quick: bool = self.args.quick
         self.name = name

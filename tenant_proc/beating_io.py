@@ -16,6 +16,7 @@ from typing import Callable
 from imapclient import IMAPClient
 
 from tenant_proc.control import readable_fds
+from tenant_proc.quick_ack import QuickAck
 
 SLICE = 1.0  # seconds between "is a heartbeat due?" checks while a read waits
 
@@ -24,9 +25,11 @@ class _BeatingSocketIO(socket.SocketIO):
     def __init__(self, sock: socket.socket, beat: Callable[[], None]) -> None:
         super().__init__(sock, "rb")
         self._beat = beat
+        self._quick_ack = QuickAck(sock)
 
     def readinto(self, buffer) -> int | None:  # type: ignore[override]
         self._beat()
+        self._quick_ack.arm()
         sock = self._sock
         timeout = sock.gettimeout()
         pending = getattr(sock, "pending", None)

@@ -123,13 +123,19 @@ def suggested_backoff(text: str) -> float | None:
 
 
 def tune_socket(sock: socket.socket) -> None:
-    """Find a silently dead peer even when we only listen (NAT boxes drop quiet flows)."""
+    """Find a silently dead peer even when we only listen (NAT boxes drop quiet flows), and
+    send each command at once."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
     # Unacknowledged data (or keepalives) for 2 minutes: the kernel gives up on the peer.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 120_000)
+    # Every write is a whole command: pipelined ones (DONE, then the FETCHes) must leave at
+    # once, not wait behind Nagle for the server's ACK of the one before. It also keeps the
+    # quick-ACK mode the reads arm (quick_ack.py) from being undone by a held-back segment
+    # that the kernel sends only later.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def is_loopback(host: str) -> bool:
