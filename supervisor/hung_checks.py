@@ -2,8 +2,8 @@
 
 murder_hung once walked every tenant every second; at 1,000 idle tenants that walk was the
 largest part of the parent's housekeeping (bench/idle_cost.py), although a quiet tenant needs
-a look only every heartbeat_timeout / 2 (its /proc probe) and a chatty one only when its beats
-stop. This keeps one heap entry per tenant at the earliest moment its check could find
+a look only at its /proc probe (about every heartbeat_timeout) and a chatty one only when its
+beats stop. This keeps one heap entry per tenant at the earliest moment its check could find
 something; checks pop only the entries that are due.
 
 Entries are lazy: a heartbeat makes a tenant's moment later without touching the heap (its old,
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+
 from supervisor.tenants import State, TenantRecord
 
 NOT_SCHEDULED = float("inf")
