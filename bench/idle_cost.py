@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Idle cost: CPU of the supervisor plus all its children while N tenants sit in IDLE.
 
-psutil cpu_times (user + system) deltas over the window, product defaults (heartbeat every 5 s).
+CPU time on the CPU (/proc/PID/schedstat) deltas over the window, with the product defaults.
 Baseline (same run): N bare forked imapclient processes idling on the same Dovecot.
 """
 from __future__ import annotations
@@ -11,6 +11,8 @@ import time
 import psutil
 
 from common import Bench, cpu_seconds, fork_bare_idlers, stop_bare, target, tenant_children, wait_all
+
+IDLE_LIMIT_PCT = 1.0  # issue 14 item 5: at 1,000 tenants over 5 minutes, product defaults
 
 
 def main() -> None:
@@ -57,8 +59,10 @@ def main() -> None:
             "children_pct": round(sup_pct - parent_pct, 3),
             "baseline_bare_pct": round(base_pct, 3), "baseline_window_s": base_window,
         }, [target(f"idle CPU, {n} tenants over {window}s (supervisor + children)", round(sup_pct, 3),
-                   "% of one core", 2.0, f"{base_pct:.3f} % ({n} bare idlers, {base_window}s)",
-                   note=f"parent {parent_pct:.3f} %")])
+                   "% of one core", IDLE_LIMIT_PCT, f"{base_pct:.3f} % ({n} bare idlers, {base_window}s)",
+                   baseline_value=round(base_pct, 3),
+                   note=f"parent {parent_pct:.3f} %, children {sup_pct - parent_pct:.3f} %; "
+                        f"target ≤ {IDLE_LIMIT_PCT} % of one core")])
 
 
 if __name__ == "__main__":

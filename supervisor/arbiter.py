@@ -33,6 +33,7 @@ from supervisor.config import Config, ConfigError, load_config
 from supervisor.control import ControlServer
 from supervisor.exits import ChildExits
 from supervisor.forking import fork_tenant, reap_orphans
+from supervisor.hung_checks import HungChecks
 from supervisor.metrics import LatencyHistogram, MetricsError, MetricsServer
 from supervisor.pidfile import PidFile
 from supervisor.reconcile import TenantReconciler
@@ -92,6 +93,7 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
         self.next_housekeeping = 0.0
         self.next_reap_sweep = 0.0
         self.status_dirty = True
+        self.hung_checks = HungChecks()  # murder_hung looks only at the tenants that are due
         self._registered_fixed: set[Any] = set()
         self.cluster = make_cluster(config)  # None unless [cluster] enabled (README: several machines)
 
@@ -174,7 +176,11 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
         exited = [key.data for key, _ in events
                   if key.data is not None and key.fileobj == key.data.handle.process.sentinel]
         self._drain_wakeup(ready_set)
-        self.read_messages(ready_set, [key.data for key, _ in events if key.data is not None])
+        speaking = [key.data for key, _ in events if key.data is not None]
+        self.read_messages(ready_set, speaking)
+        timeout = self.config.supervisor.heartbeat_timeout
+        for record in speaking:  # a message may move its hung check earlier (a quiet promise)
+            self.hung_checks.schedule(record, timeout)
         if self.control is not None:  # after the messages: a live status is current to them
             self.control.serve(ready_set)
         if self.metrics is not None and self.metrics in ready_set:
@@ -308,6 +314,9 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
             log.error("reload: keeping the previous config: %s", exc)
         else:
             self.apply_tenants(retry_failed=True)
+            # heartbeat_timeout may have changed: every tenant's next look moves with it
+            self.hung_checks.rebuild(list(self.records.values()),
+                                     self.config.supervisor.heartbeat_timeout)
         for record in self.records.values():  # `idle-supervisor retry` marked emails: look again
             if record.handle is not None and record.handle.conn_open:
                 record.handle.send(protocol.replay())
@@ -350,6 +359,7 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
             return
         record.mark_started(now, handle.process.pid or 0, handle)
         self._register_child(record)
+        self.hung_checks.schedule(record, self.config.supervisor.heartbeat_timeout)
         self.status_dirty = True
         log.info("[%s] started (pid %d)%s", spec.name, handle.process.pid,
                  f", restart #{record.restarts}" if record.restarts else "")

@@ -17,6 +17,7 @@ from ipc import protocol
 from supervisor import liveness
 from supervisor.command_groups import kill_orphaned_group
 from supervisor.forking import ChildHandle, send_signal
+from supervisor.hung_checks import HungChecks
 from supervisor.tenants import RestartPolicy, State, StopReason, TenantRecord
 
 log = logging.getLogger("supervisor")
@@ -29,6 +30,7 @@ class ChildExits:
     rng: random.Random
     shutting_down: bool
     status_dirty: bool
+    hung_checks: HungChecks
 
     if TYPE_CHECKING:
         def restart_policy(self) -> RestartPolicy: ...
@@ -92,16 +94,21 @@ class ChildExits:
         handle.process.close()
 
     def murder_hung(self, now: float) -> None:
+        """Look at the tenants whose check is due (supervisor/hung_checks.py), not at all."""
         timeout = self.config.supervisor.heartbeat_timeout
-        for record in self.records.values():
-            if record.quiet_for and record.handle is not None and now >= record.next_probe_at:
-                reason = self._probe_quiet(record, now, timeout)
-                if reason is not None:
-                    self._kill_hung(record, now, f"silent for {record.silence(now):.0f}s and "
-                                                 f"{reason}: killed as hung")
-                    continue
-            if record.heartbeat_overdue(now, timeout) and record.quiet_silence_left(now, timeout) <= 0:
-                self._kill_hung(record, now, f"no heartbeat for {timeout:.0f}s: killed as hung")
+        for record in self.hung_checks.pop_due(now):
+            self._check_hung(record, now, timeout)
+            self.hung_checks.schedule(record, timeout)
+
+    def _check_hung(self, record: TenantRecord, now: float, timeout: float) -> None:
+        if record.quiet_for and record.handle is not None and now >= record.next_probe_at:
+            reason = self._probe_quiet(record, now, timeout)
+            if reason is not None:
+                self._kill_hung(record, now, f"silent for {record.silence(now):.0f}s and "
+                                             f"{reason}: killed as hung")
+                return
+        if record.heartbeat_overdue(now, timeout) and record.quiet_silence_left(now, timeout) <= 0:
+            self._kill_hung(record, now, f"no heartbeat for {timeout:.0f}s: killed as hung")
 
     def _probe_quiet(self, record: TenantRecord, now: float, timeout: float) -> str | None:
         """A quiet tenant's /proc check: first after timeout/2 of silence, then every timeout;

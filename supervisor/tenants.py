@@ -98,6 +98,7 @@ class TenantRecord:
     quiet_for: float = 0.0
     next_probe_at: float = 0.0
     last_probe: Any = None  # liveness.ProcSample
+    hung_check_at: float = float("inf")  # its entry in the arbiter's HungChecks heap
 
     # ---- transitions -------------------------------------------------------------------
 

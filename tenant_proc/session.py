@@ -30,6 +30,12 @@ from tenant_proc.uidvalidity import changed_on_server
 
 BACKOFF_START = 1.0
 PROBE_TIMEOUT = 15.0  # a live server answers DONE in milliseconds
+# The silence that counts as "dead" is dead_after plus this share of it. Dovecot's keepalive
+# ("* OK Still here") comes every 2 minutes on a wall-clock grid, exactly the default
+# dead_after: the deadline (last byte read + 120 s) and the next keepalive then raced, and
+# under load about half the idle tenants lost each round, probing with DONE and catching up
+# (five round trips and a survey instead of one read) every 2 minutes (bench/idle_cost.py).
+DEAD_AFTER_SLACK = 0.05
 NEW_MAIL = (b"EXISTS", b"RECENT")
 
 # imaplib.IMAP4.abort (BYE, EOF) is an IMAPClientError; ssl errors are OSErrors.
@@ -229,7 +235,7 @@ class Session:
         last_byte = self.control.last_server_byte or started
         deadlines = [
             ("reissue", started + imap.idle_timeout),
-            ("dead", last_byte + imap.dead_after),
+            ("dead", last_byte + imap.dead_after * (1 + DEAD_AFTER_SLACK)),
             ("reconcile", self.next_reconcile),
         ]
         if self.mailbox.retry_at is not None:
