@@ -132,6 +132,8 @@ def test_throttled_login_is_a_retry_not_an_auth_failure():
     with pytest.raises(FatalError) as info:
         connect.login(Client("b'[AUTHENTICATIONFAILED] Authentication failed.'"), spec_for())  # type: ignore[arg-type]
     assert info.value.kind == "auth" and "pw-not-shown" not in str(info.value)
+    # The server's words, not imaplib's bytes repr of them.
+    assert str(info.value).endswith(": [AUTHENTICATIONFAILED] Authentication failed."), str(info.value)
 
 
 class _NullLog:
@@ -598,6 +600,7 @@ def test_wrong_password_fails_once_then_sighup_after_the_fix_brings_it_up(doveco
         for tid in ("lockcfg", "locksrv"):
             error = status["tenants"][tid]["last_error"]
             assert error.startswith("auth: login failed for") and "AUTHENTICATIONFAILED" in error, error
+            assert "b'" not in error, error
             assert status["tenants"][tid]["retry_in"] > 800  # the long backoff, not restart_backoff
         assert "refusing plain-text IMAP to non-loopback host 192.0.2.10" in status["tenants"]["farplain"]["last_error"]
         time.sleep(max(0.0, 10 - (time.monotonic() - started)))

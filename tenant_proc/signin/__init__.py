@@ -9,6 +9,7 @@ forks, only when some tenant uses OAuth, so password-only deployments pay nothin
 """
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -98,7 +99,8 @@ def password_login(client: IMAPClient, spec: TenantSpec) -> SignIn:
             client.login(username, password)
     except LoginError as exc:
         _raise_if_transient(exc)
-        raise FatalError("auth", f"login failed for {spec.username} at {spec.host}:{spec.port}: {exc}") from None
+        raise FatalError("auth", f"login failed for {spec.username} at {spec.host}:{spec.port}: "
+                                 f"{_server_text(exc)}") from None
     return SignIn("PLAIN" if use_plain else "LOGIN")
 
 
@@ -184,4 +186,14 @@ def _raise_if_transient(exc: LoginError) -> None:
 
 
 def _server_text(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
+    """What the server said, as text: imaplib puts the server's bytes into its errors, so
+    str(exc) reads `b'[AUTHENTICATIONFAILED] ...'`; an operator should see the words only."""
+    text = str(exc)
+    if len(text) >= 3 and text[0] == "b" and text[1] in "'\"" and text[-1] == text[1]:
+        try:
+            raw = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raw = None
+        if isinstance(raw, bytes):
+            text = raw.decode("utf-8", "replace")
+    return " ".join(text.split())[:200]
