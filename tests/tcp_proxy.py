@@ -83,9 +83,13 @@ class _Link:
                 held, self.held = self.held, None
                 for chunk in held:
                     self.client.sendall(chunk)
-            if data.endswith(b"DONE\r\n") and self.proxy.holds_left > 0:
+            if self.proxy.holds_left > 0 and b"DONE" in data.split(b"\r\n"):
                 self.proxy.holds_left -= 1
-                self.held = []
+                # With TCP_NODELAY the commands behind DONE can arrive in the same read: the
+                # client did not wait for DONE's answer then, so there is nothing to withhold.
+                # DONE alone at the end of a read is held until the client sends more.
+                if data.endswith(b"DONE\r\n"):
+                    self.held = []
 
     def _hold(self, data: bytes) -> bool:
         with self.hold_lock:
