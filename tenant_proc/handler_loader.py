@@ -36,6 +36,9 @@ class HandlerContext:
     # Call it with the pgid of a process group the handler started (None when it is gone): the
     # supervisor kills that group if the tenant dies first (the `command` handler uses it).
     track_process_group: Callable[[int | None], None] = field(default=lambda pgid: None)
+    # The longest one blocking request (no keepalive possible inside it) may take, in seconds:
+    # [state]'s request bound, derived from heartbeat_timeout (supervisor/config_timeouts.py).
+    request_timeout: float = 10.0
 
 
 def resolve_target(target: str) -> Any:
@@ -104,6 +107,7 @@ def load_handler(
         options=options, logger=logger, tenant=spec.public_info(), base_dir=spec.base_dir,
         keepalive=keepalive or (lambda: None), counters={} if counters is None else counters,
         track_process_group=track_process_group or (lambda pgid: None),
+        request_timeout=spec.state.request_timeout,
     )
     if not inspect.isclass(target):
         return LoadedHandler(target, context)

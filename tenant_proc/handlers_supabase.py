@@ -53,9 +53,11 @@ class SupabaseInsert:
 
         try:
             if self._client is None:
-                # 10 s for the whole request (not per socket read): below the default
-                # heartbeat_timeout, so a slow Supabase is a retry, not a "hung" kill.
-                self._client = make_client(self._url, self._key, timeout=10.0, total_timeout=10.0)
+                # One bound for the whole request (not per socket read), at most 10 s and
+                # less when heartbeat_timeout is lowered: the tenant cannot beat inside the
+                # request, so a slow Supabase must be a retry, not a "hung" kill.
+                bound = min(10.0, context.request_timeout)
+                self._client = make_client(self._url, self._key, timeout=bound, total_timeout=bound)
             (self._client.table(self.table)
              .upsert(email_row(email), on_conflict=CONFLICT_KEY, returning="minimal").execute())
         except Exception as exc:

@@ -7,9 +7,11 @@ unhandled, the tenant reconnects, and once Supabase answers again the email is h
 """
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from typing import Iterator
 
 import httpx
 import pytest
@@ -58,9 +60,10 @@ password = "pw"
     assert specs["acme"].state.request_timeout == pytest.approx(3.75)
 
 
-@pytest.fixture
-def trickling_server():
-    """Answers every request one byte every 0.3 s: each read is quick, the whole is not."""
+@contextlib.contextmanager
+def trickle_forever() -> Iterator[str]:
+    """An HTTP server (its URL) answering every request one byte every 0.3 s: each read is
+    quick, the whole answer is not."""
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.2)
     stop = threading.Event()
@@ -83,10 +86,18 @@ def trickling_server():
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}/"
-    stop.set()
-    thread.join(5)
-    server.close()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/"
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+@pytest.fixture
+def trickling_server() -> Iterator[str]:
+    with trickle_forever() as url:
+        yield url
 
 
 def test_a_request_is_bounded_as_a_whole_not_per_read(trickling_server):

@@ -5,6 +5,8 @@ End-to-end tests with the real supervisor are in tests/test_supabase_e2e.py.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import threading
 import time
@@ -17,7 +19,7 @@ import pytest
 from supervisor.config import load_config
 from supervisor.tenant_rows import build_tenant_specs
 from supervisor.sources import SourceError
-from tenant_proc.handler_loader import resolve_target
+from tenant_proc.handler_loader import HandlerContext, load_handler, resolve_target
 from tenant_proc.message import Email
 from tenant_proc.spec import Secret
 from tenant_proc.store_api import Checkpoint, StoreError
@@ -312,6 +314,10 @@ def sample_email(uid: int = 5, **changes: object) -> Email:
     return Email(**fields)  # type: ignore[arg-type]
 
 
+# What the tenant process hands every handler call (its request bound at the default).
+CONTEXT = HandlerContext(options={}, logger=logging.getLogger("test"), tenant={"id": "acme"})
+
+
 @pytest.fixture
 def handler_env(postgrest: PostgrestServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUPABASE_URL", postgrest.url)
@@ -322,9 +328,9 @@ def test_supabase_insert_stores_each_email_once(handler_env: None, pg_db: Postgr
     cls = resolve_target("tenant_proc.handlers:supabase_insert")
     handler = cls({})
     try:
-        handler(sample_email(), None)
-        handler(sample_email(subject="Hello again"), None)  # re-delivery after a crash
-        handler(sample_email(uid=6, to=[], attachments=[], date=None, html=None), None)
+        handler(sample_email(), CONTEXT)
+        handler(sample_email(subject="Hello again"), CONTEXT)  # re-delivery after a crash
+        handler(sample_email(uid=6, to=[], attachments=[], date=None, html=None), CONTEXT)
     finally:
         handler.close()
     rows = pg_db.execute('SELECT uid, subject, "from", "to", "date", "text", attachments '
@@ -341,7 +347,7 @@ def test_supabase_insert_strips_nul_and_uses_the_configured_table(handler_env: N
     pg_db.execute("CREATE TABLE inbox_copy (LIKE emails INCLUDING ALL)")
     pg_db.execute("GRANT ALL ON inbox_copy TO service_role")
     handler = resolve_target("tenant_proc.handlers:supabase_insert")({"table": "inbox_copy"})
-    handler(sample_email(), None)
+    handler(sample_email(), CONTEXT)
     handler.close()
     assert pg_db.execute("SELECT subject FROM inbox_copy") == [("Hello there",)]
     assert pg_db.execute("SELECT count(*) FROM emails") == [(0,)]
@@ -358,10 +364,10 @@ def test_supabase_insert_failure_is_retryable_and_keyless(handler_env: None, pos
     handler = resolve_target("tenant_proc.handlers:supabase_insert")({})
     postgrest.go_down()
     with pytest.raises(RuntimeError) as err:
-        handler(sample_email(), None)
+        handler(sample_email(), CONTEXT)
     assert TEST_SERVICE_KEY not in str(err.value)
     postgrest.come_up()
-    handler(sample_email(), None)  # the same instance recovers once Supabase is back
+    handler(sample_email(), CONTEXT)  # the same instance recovers once Supabase is back
     handler.close()
 
 
@@ -377,3 +383,44 @@ def test_the_docs_sql_examples_run(pg_db: PostgresDatabase) -> None:
     for block in blocks:
         pg_db.execute(block)
     assert pg_db.execute("SELECT id, imap_folder, active FROM companies") == [("acme", "INBOX", True)]
+
+
+def test_supabase_insert_request_is_bounded_by_the_tenants_request_timeout(
+        handler_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With heartbeat_timeout lowered, [state]'s derived request bound reaches the handler: one
+    insert into a Supabase that trickles its answer gives up within it, not after 10 s (the tenant
+    cannot beat inside the request and would be killed as hung)."""
+    from tests.test_store_timeouts import trickle_forever
+
+    with trickle_forever() as url:
+        monkeypatch.setenv("SUPABASE_URL", url)
+        handler = resolve_target("tenant_proc.handlers:supabase_insert")({})
+        context = dataclasses.replace(CONTEXT, request_timeout=1.5)
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="supabase_insert into emails"):
+            handler(sample_email(), context)
+        elapsed = time.monotonic() - started
+        handler.close()
+    assert elapsed < 6, elapsed  # 1.5 s budget (10 s before), generous for a loaded machine
+
+
+def test_load_handler_gives_handlers_the_state_request_bound(tmp_path: Path) -> None:
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(f'''
+[supervisor]
+state_dir = "{tmp_path}"
+heartbeat_timeout = 8
+heartbeat_interval = 0.5
+[handler]
+target = "tenant_proc.handlers:jsonl"
+path = "{tmp_path}/out.jsonl"
+[[tenant]]
+id = "acme"
+host = "127.0.0.1"
+username = "acme"
+password = "pw"
+''')
+    config = load_config(config_path, {})
+    spec = build_tenant_specs(config, config.raw_tenants, {}).specs["acme"]
+    loaded = load_handler(spec, logging.getLogger("test"))
+    assert loaded.context.request_timeout == pytest.approx(3.75)
