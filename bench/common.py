@@ -264,6 +264,42 @@ def _raise_stop(signum: int, frame: Any) -> None:
     raise _Stop()
 
 
+def kill_and_reap(pids: list[int]) -> None:
+    """SIGKILL and reap bench children (a no-op for those already gone); empties the list."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    pids.clear()
+
+
+def fork_child(bench: Bench, body: Callable[[], None], close_in_child: tuple[int, ...] = (),
+               limit: int | None = None, label: str = "bench child") -> int:
+    """Fork a child that runs body() and exits 0, or 1 if it raised (saying why on stderr, since
+    os._exit skips the traceback). close_in_child: fds the child must not hold (the read end of
+    its pipe, so the parent sees EOF when children die). limit: seconds after which the child
+    ends by itself (SIGALRM), whatever the parent does. The bench kills and reaps it on exit."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for fd in close_in_child:
+                os.close(fd)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the parent's time limit is not ours
+            if limit:
+                signal.alarm(limit)
+            body()
+            code = 0
+        except BaseException as exc:
+            print(f"{label}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        finally:
+            os._exit(code)
+    bench.on_exit(lambda: kill_and_reap([pid]))
+    return pid
+
+
 def fork_bare_idlers(bench: Bench, dc: Dovecot, indexes: list[int]) -> tuple[list[int], Callable[[float], int]]:
     """Fork one bare process per index (no supervisor): TLS, login, EXAMINE, IDLE, wait.
 

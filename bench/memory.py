@@ -14,7 +14,7 @@ import os
 import threading
 import time
 
-from common import (Bench, bare_connect, fork_bare_idlers, median, pct, stop_bare, target,
+from common import (Bench, bare_connect, fork_bare_idlers, fork_child, median, pct, stop_bare, target,
                     tenant_children, wait_all)
 
 import psutil
@@ -47,49 +47,36 @@ def thread_per_company(b: Bench, dc, first: int, n: int) -> dict:
     """A forked process (the same imports as the bare children) opens n TLS IDLE connections,
     one thread each; it reports its RSS before and after over a pipe, then exits."""
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read_fd)
-            rss0 = psutil.Process().memory_info().rss
-            stop = threading.Event()
-            idling = threading.Semaphore(0)
 
-            def company(i: int) -> None:
-                client = bare_connect(dc, i)
-                client.idle()
-                idling.release()
-                while not stop.is_set():
-                    client.idle_check(timeout=1)
-                client.idle_done()
-                client.logout()
+    def measure() -> None:
+        rss0 = psutil.Process().memory_info().rss
+        stop = threading.Event()
+        idling = threading.Semaphore(0)
 
-            threads = [threading.Thread(target=company, args=(i,), daemon=True)
-                       for i in range(first, first + n)]
-            for t in threads:
-                t.start()
-            for _ in threads:
-                if not idling.acquire(timeout=120):
-                    raise RuntimeError("threads did not all reach IDLE")
-            time.sleep(2)
-            rss_n = psutil.Process().memory_info().rss
-            os.write(write_fd, json.dumps({"rss0": rss0, "rss_n": rss_n}).encode())
-            stop.set()
-            for t in threads:
-                t.join(10)
-            code = 0
-        finally:
-            os._exit(code)
+        def company(i: int) -> None:
+            client = bare_connect(dc, i)
+            client.idle()
+            idling.release()
+            while not stop.is_set():
+                client.idle_check(timeout=1)
+            client.idle_done()
+            client.logout()
 
-    def cleanup() -> None:
-        try:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        threads = [threading.Thread(target=company, args=(i,), daemon=True)
+                   for i in range(first, first + n)]
+        for t in threads:
+            t.start()
+        for _ in threads:
+            if not idling.acquire(timeout=120):
+                raise RuntimeError("threads did not all reach IDLE")
+        time.sleep(2)
+        rss_n = psutil.Process().memory_info().rss
+        os.write(write_fd, json.dumps({"rss0": rss0, "rss_n": rss_n}).encode())
+        stop.set()
+        for t in threads:
+            t.join(10)
 
-    b.on_exit(cleanup)
+    pid = fork_child(b, measure, close_in_child=(read_fd,), label="thread-per-company process")
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as fh:
         data = fh.read()

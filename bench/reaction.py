@@ -12,11 +12,11 @@ from __future__ import annotations
 import imaplib
 import json
 import os
-import signal
 import threading
 import time
 
-from common import Bench, bare_connect, median, password, pct, target, user, wait_all
+from common import (Bench, bare_connect, fork_child, kill_and_reap, median, password, pct, target,
+                    user, wait_all)
 from tenant_proc.message import Envelope, parse_email
 from tests.dovecot import make_message
 
@@ -70,22 +70,10 @@ def bare_processes(b: Bench, dc, indexes: list[int], rounds: int) -> tuple[list[
     them get an email in the same instant (one APPEND thread each), as the product does.
     Returns (overhead: handler called - EXISTS read, full: handler called - APPEND start)."""
     r, w = os.pipe()
-    pids = []
-    for i in indexes:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(r)
-                signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the parent's time limit is not ours
-                signal.alarm(BARE_CHILD_LIMIT)  # whatever happens, a bare child ends by itself
-                _bare_loop(dc, i, rounds, w)
-                code = 0
-            finally:
-                os._exit(code)
-        pids.append(pid)
+    pids = [fork_child(b, lambda i=i: _bare_loop(dc, i, rounds, w), close_in_child=(r,),
+                       limit=BARE_CHILD_LIMIT, label=f"bare process {i}")
+            for i in indexes]
     os.close(w)
-    b.on_exit(lambda: _kill_all(pids))
     reader = os.fdopen(r, "rb")
     conns = [(i, appender(dc, i)) for i in indexes]
     overhead, full = [], []
@@ -100,7 +88,7 @@ def bare_processes(b: Bench, dc, indexes: list[int], rounds: int) -> tuple[list[
     finally:
         for _, imap in conns:
             imap.logout()
-        _kill_all(pids)
+        kill_and_reap(pids)
     return overhead, full
 
 
@@ -135,14 +123,6 @@ def _read_records(reader, kind: str, count: int) -> list[dict]:
 _EARLY: list[dict] = []
 
 
-def _kill_all(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-    pids.clear()
 
 
 def _bare_loop(dc, i: int, rounds: int, w: int) -> None:

@@ -14,16 +14,14 @@ import imaplib
 import json
 import os
 import select
-import signal
 import ssl
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from imapclient import IMAPClient
 
-from common import Bench, median, password, pct, target, user, wait_all
+from common import Bench, fork_child, median, password, pct, target, user, wait_all
 from tenant_proc.message import Envelope, parse_email
 from tests.courier import Courier
 from tests.cyrus import Cyrus
@@ -69,29 +67,9 @@ def append(imap: imaplib.IMAP4, subject: str) -> float:
 
 def fork_bare(b: Bench, server: Any, rounds: int) -> tuple[int, "Records"]:
     r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(r)
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the parent's time limit is not ours
-            signal.alarm(BARE_CHILD_LIMIT)
-            bare_loop(server, rounds, w)
-            code = 0
-        except BaseException as exc:  # the parent reports the missing record; say why here
-            print(f"bare client: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        finally:
-            os._exit(code)
+    pid = fork_child(b, lambda: bare_loop(server, rounds, w), close_in_child=(r,),
+                     limit=BARE_CHILD_LIMIT, label="bare client")
     os.close(w)
-
-    def kill() -> None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-
-    b.on_exit(kill)
     return pid, Records(r)
 
 
