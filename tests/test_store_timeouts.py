@@ -8,6 +8,7 @@ unhandled, the tenant reconnects, and once Supabase answers again the email is h
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ import pytest
 
 from supervisor.config import SupervisorSettings
 from supervisor.config_timeouts import store_request_timeout
+from tenant_proc.handler_loader import load_handler
 from tenant_proc.http_deadline import DeadlineClient
 from tests.dovecot import make_message
 from tests.pg import PostgresDatabase
@@ -58,6 +60,9 @@ password = "pw"
                                        "SUPABASE_SERVICE_ROLE_KEY": "k"})
     specs = build_tenant_specs(config, config.raw_tenants, {}).specs
     assert specs["acme"].state.request_timeout == pytest.approx(3.75)
+    # Handlers get the same bound (supabase_insert uses it for its one request per email).
+    loaded = load_handler(specs["acme"], logging.getLogger("test"))
+    assert loaded.context.request_timeout == pytest.approx(3.75)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import pytest
 from supervisor.config import load_config
 from supervisor.tenant_rows import build_tenant_specs
 from supervisor.sources import SourceError
-from tenant_proc.handler_loader import HandlerContext, load_handler, resolve_target
+from tenant_proc.handler_loader import HandlerContext, resolve_target
 from tenant_proc.message import Email
 from tenant_proc.spec import Secret
 from tenant_proc.store_api import Checkpoint, StoreError
@@ -402,25 +402,3 @@ def test_supabase_insert_request_is_bounded_by_the_tenants_request_timeout(
         elapsed = time.monotonic() - started
         handler.close()
     assert elapsed < 6, elapsed  # 1.5 s budget (10 s before), generous for a loaded machine
-
-
-def test_load_handler_gives_handlers_the_state_request_bound(tmp_path: Path) -> None:
-    config_path = tmp_path / "config.toml"
-    config_path.write_text(f'''
-[supervisor]
-state_dir = "{tmp_path}"
-heartbeat_timeout = 8
-heartbeat_interval = 0.5
-[handler]
-target = "tenant_proc.handlers:jsonl"
-path = "{tmp_path}/out.jsonl"
-[[tenant]]
-id = "acme"
-host = "127.0.0.1"
-username = "acme"
-password = "pw"
-''')
-    config = load_config(config_path, {})
-    spec = build_tenant_specs(config, config.raw_tenants, {}).specs["acme"]
-    loaded = load_handler(spec, logging.getLogger("test"))
-    assert loaded.context.request_timeout == pytest.approx(3.75)
