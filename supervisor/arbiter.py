@@ -32,7 +32,7 @@ from supervisor.cluster import make_cluster
 from supervisor.config import Config, ConfigError, load_config
 from supervisor.control import ControlServer
 from supervisor.exits import ChildExits
-from supervisor.forking import fork_tenant, reap_orphans
+from supervisor.forking import ShutdownPipe, fork_tenant, reap_orphans
 from supervisor.hung_checks import HungChecks
 from supervisor.metrics import LatencyHistogram, MetricsError, MetricsServer
 from supervisor.pidfile import PidFile
@@ -66,6 +66,8 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
         self.config = config
         self.state_dir = Path(config.supervisor.state_dir)
         self.records: dict[str, TenantRecord] = {}
+        self.live_children = 0  # records with a handle: +1 at spawn, -1 when reaped (exits.py)
+        self.shutdown_pipe: ShutdownPipe | None = None  # made in initialize(), before any fork
         self.rng = random.Random()
         self.pidfile = PidFile(self.state_dir)
         self.signal_queue: list[int] = []
@@ -128,6 +130,7 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
                 self.pidfile.release()
                 raise ConfigError(str(exc)) from None
         self._install_signals()
+        self.shutdown_pipe = ShutdownPipe()
         policy = self.restart_policy()
         log.info("supervisor started (pid %d, config %s, restart backoff %.0fs)",
                  os.getpid(), self.config.path, policy.backoff)
@@ -138,7 +141,10 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
     def finished(self) -> bool:
         if self.give_up_at is not None and time.monotonic() >= self.give_up_at:
             return True  # failing ticks cannot finish the stop: cleanup() kills what is left
-        return self.shutting_down and not any(r.is_alive() for r in self.records.values())
+        # A count, not any(is_alive) over every record: the loop asks once per tick, and a
+        # thousand tenants exiting one by one made that scan O(n^2) over a stop (~20 % of the
+        # parent's samples while 1,000 stopped, py-spy).
+        return self.shutting_down and self.live_children == 0
 
     def contain_failed_tick(self, exc: Exception) -> None:
         """One line per failed tick; the tenants keep running. Repeated failures: stop every
@@ -156,6 +162,8 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
         time.sleep(tick_guard.FAILED_TICK_PAUSE)
 
     def cleanup(self) -> None:
+        if self.shutdown_pipe is not None:
+            self.shutdown_pipe.close_write()  # whatever ended the run: no tenant outlives it
         self.kill_survivors()
         if self.cluster is not None:
             self.cluster.leave()  # every child is gone: hand every lease back at once
@@ -298,12 +306,18 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
         sdnotify.stopping()
         self.shutting_down = True
         timeout = self.config.supervisor.shutdown_timeout
+        # Every tenant hears it at once, from one close() (forking.ShutdownPipe), instead of a
+        # message and a SIGTERM each: the deadlines are set first, while nobody is awake yet to
+        # take the CPU from this loop. The deadline's SIGKILL stays the backstop, as before.
+        told = self.shutdown_pipe is not None and self.shutdown_pipe.open
         for record in self.records.values():
             record.next_start_at = None
             if record.is_alive():
-                self.stop_tenant(record, StopReason.SHUTDOWN, now, timeout)
+                self.stop_tenant(record, StopReason.SHUTDOWN, now, timeout, told=told)
             elif record.state is not State.FAILED:
                 record.state = State.STOPPED
+        if told:
+            self.shutdown_pipe.close_write()
 
     def handle_hup(self) -> None:
         log.info("SIGHUP: reloading config and tenants")
@@ -351,13 +365,14 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
         spec = record.spec
         assert spec is not None
         try:
-            handle = fork_tenant(spec)
+            handle = fork_tenant(spec, self.shutdown_pipe.read_fd if self.shutdown_pipe else None)
         except OSError as exc:
             log.error("[%s] fork failed: %s; retrying in %.0fs", spec.name, exc,
                       self.config.supervisor.restart_backoff)
             record.next_start_at = now + self.config.supervisor.restart_backoff
             return
         record.mark_started(now, handle.process.pid or 0, handle)
+        self.live_children += 1
         self._register_child(record)
         self.hung_checks.schedule(record, self.config.supervisor.heartbeat_timeout)
         self.status_dirty = True

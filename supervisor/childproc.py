@@ -21,10 +21,11 @@ from tenant_proc.main import run_tenant
 from tenant_proc.spec import TenantSpec
 
 
-def child_entry(spec: TenantSpec, conn: Connection, parent_pid: int) -> NoReturn:
+def child_entry(spec: TenantSpec, conn: Connection, parent_pid: int,
+                shutdown_fd: int | None = None) -> NoReturn:
     """Runs right after the fork, once forking.py has closed the inherited descriptors
     (sdnotify's socket is closed by its own at-fork hook)."""
     signal.set_wakeup_fd(-1)  # the parent's wake-up fd number is closed, or reused, here
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
-    run_tenant(spec, conn, parent_pid)
+    run_tenant(spec, conn, parent_pid, shutdown_fd)

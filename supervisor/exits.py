@@ -31,6 +31,7 @@ class ChildExits:
     shutting_down: bool
     status_dirty: bool
     hung_checks: HungChecks
+    live_children: int
 
     if TYPE_CHECKING:
         def restart_policy(self) -> RestartPolicy: ...
@@ -51,6 +52,7 @@ class ChildExits:
             self.drain_last_words(record, now)
             self._kill_command_group(record)
             self._close_handle(handle)
+            self.live_children -= 1
             self.status_dirty = True
             reason = record.stop_reason
             record.on_exit(now, exitcode, policy, self.rng, self.shutting_down)
@@ -84,7 +86,8 @@ class ChildExits:
             record.handle.command_group = None
 
     def _close_handle(self, handle: ChildHandle) -> None:
-        self._unregister(handle.conn)
+        if handle.conn_open:  # else _close_pipe unregistered it already (EOF or a bad frame)
+            self._unregister(handle.conn)
         self._unregister(handle.process.sentinel)
         try:
             handle.conn.close()
@@ -131,12 +134,15 @@ class ChildExits:
                          send_stop=False)
 
     def stop_tenant(self, record: TenantRecord, reason: StopReason, now: float, timeout: float,
-                    send_stop: bool = True) -> None:
+                    send_stop: bool = True, told: bool = False) -> None:
+        """told: the child heard it already (the shutdown pipe): only the deadline is set."""
         handle = record.handle
         if handle is None:
             return
         record.begin_stop(now, reason, timeout)
         self.status_dirty = True
+        if told:
+            return
         if send_stop and handle.conn_open:
             handle.send(protocol.stop())
         # SIGTERM too: a child busy in a handler sees the flag as soon as the handler returns.
@@ -162,4 +168,5 @@ class ChildExits:
                 self.drain_last_words(record, time.monotonic())
                 self._kill_command_group(record)
                 self._close_handle(record.handle)
+                self.live_children -= 1
                 record.on_exit(time.monotonic(), exitcode, self.restart_policy(), self.rng, True)

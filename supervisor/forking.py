@@ -89,8 +89,34 @@ class ChildHandle:
         return self.conn_open and self.writer.send(protocol.encode(message))
 
 
-def fork_tenant(spec: TenantSpec) -> ChildHandle:
-    """Start one tenant process; raises OSError when the fork fails (nothing left open)."""
+class ShutdownPipe:
+    """One pipe whose read end every tenant inherits; closing the write end tells all of them
+    "the supervisor stops" in one system call (EOF wakes every reader at once).
+
+    Why not a stop message and a SIGTERM per tenant only: each of those wakes one sleeping
+    child, and a freshly woken child preempts the supervisor. At 1,000 tenants the loop of
+    1,000 sends and kills took 5 s (strace: the first kill at +0.003 s, the last at +5.0 s), and
+    no exit could be reaped before it ended. The write end is the parent's alone (children
+    close it with every other inherited fd), so a supervisor killed by SIGKILL closes it too.
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+
+    def close_write(self) -> None:
+        if self._write_fd is not None:
+            os.close(self._write_fd)
+            self._write_fd = None
+
+    @property
+    def open(self) -> bool:
+        return self._write_fd is not None
+
+
+def fork_tenant(spec: TenantSpec, shutdown_fd: int | None = None) -> ChildHandle:
+    """Start one tenant process; raises OSError when the fork fails (nothing left open).
+    shutdown_fd: the read end of the ShutdownPipe, kept open in the child."""
     parent_conn, child_conn = Pipe(duplex=True)
     # The exit sentinel: only the child holds the write end, so EOF on the read end means
     # it has exited, however it died.
@@ -111,8 +137,11 @@ def fork_tenant(spec: TenantSpec) -> ChildHandle:
     if pid == 0:  # the child: never returns into the parent's code
         code = 1
         try:
-            close_all_fds_except({child_conn.fileno(), sentinel_w})
-            code = child_entry(spec, child_conn, parent_pid)
+            keep = {child_conn.fileno(), sentinel_w}
+            if shutdown_fd is not None:
+                keep.add(shutdown_fd)
+            close_all_fds_except(keep)
+            code = child_entry(spec, child_conn, parent_pid, shutdown_fd)
         finally:
             os._exit(code)
     os.close(sentinel_w)

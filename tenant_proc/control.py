@@ -36,6 +36,7 @@ class Control:
     def __init__(
         self, tenant_id: str, name: str, conn: Connection, heartbeat_interval: float,
         shutdown_timeout: float, idle_heartbeat_interval: float | None = None,
+        shutdown_fd: int | None = None,
     ) -> None:
         self.tenant_id = tenant_id
         self.name = name
@@ -63,6 +64,12 @@ class Control:
         # here); one poll object kept for the pipe answers in about a microsecond.
         self._parent_poller = select.poll()
         self._parent_poller.register(conn.fileno(), select.POLLIN)
+        # The read end of the supervisor's shutdown pipe (supervisor/shutdown_pipe.py), shared
+        # by every tenant: EOF on it is "the supervisor stops", for all of them at once.
+        # The same poll object asks about both: no extra system call per email.
+        self._shutdown_fd = shutdown_fd
+        if shutdown_fd is not None:
+            self._parent_poller.register(shutdown_fd, select.POLLIN)
         self._queued_since = 0.0
 
     # -- bootstrap -----------------------------------------------------------------------
@@ -206,7 +213,10 @@ class Control:
             if now >= deadline:
                 return False
             slice_ = min(deadline, self._next_heartbeat) - now
-            readable = readable_fds([self._wake_r.fileno(), self.conn.fileno(), *extra], slice_)
+            ours = [self._wake_r.fileno(), self.conn.fileno()]
+            if self._shutdown_fd is not None:
+                ours.append(self._shutdown_fd)
+            readable = readable_fds([*ours, *extra], slice_)
             if self._wake_r.fileno() in readable:
                 self._drain_wakeup()
             if any(fd in readable for fd in extra):
@@ -228,7 +238,13 @@ class Control:
 
     def _drain_parent(self) -> None:
         try:
-            while self._parent_poller.poll(0):  # POLLHUP/POLLERR too: receive() reports them
+            while ready := self._parent_poller.poll(0):  # POLLHUP/POLLERR count: receive() reports them
+                if self._shutdown_fd is not None and any(fd == self._shutdown_fd for fd, _ in ready):
+                    self.request_stop("supervisor shutdown")
+                    self._parent_poller.unregister(self._shutdown_fd)  # at EOF it stays readable
+                    self._shutdown_fd = None
+                    if len(ready) == 1:
+                        continue
                 message = protocol.receive(self.conn)
                 if message is not None and message["type"] == "stop":
                     self.request_stop("stop message")

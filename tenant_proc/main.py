@@ -31,11 +31,13 @@ EXIT_CRASH = 1
 PR_SET_PDEATHSIG = 1
 
 
-def run_tenant(spec: TenantSpec, conn: Connection, parent_pid: int) -> NoReturn:
+def run_tenant(spec: TenantSpec, conn: Connection, parent_pid: int,
+               shutdown_fd: int | None = None) -> NoReturn:
+    """shutdown_fd: the read end of the supervisor's shutdown pipe (EOF = stop), if any."""
     log = tenant_logger(spec.name)
     code = EXIT_CRASH
     try:
-        code = _run(spec, conn, parent_pid, log)
+        code = _run(spec, conn, parent_pid, log, shutdown_fd)
     except BaseException as exc:  # never a traceback with locals: one line, no secrets
         log.error("crashed: %s", describe_exception(exc))
     finally:
@@ -44,9 +46,10 @@ def run_tenant(spec: TenantSpec, conn: Connection, parent_pid: int) -> NoReturn:
     os._exit(code)
 
 
-def _run(spec: TenantSpec, conn: Connection, parent_pid: int, log: logging.LoggerAdapter) -> int:
+def _run(spec: TenantSpec, conn: Connection, parent_pid: int, log: logging.LoggerAdapter,
+         shutdown_fd: int | None = None) -> int:
     control = Control(spec.id, spec.name, conn, spec.heartbeat_interval, spec.shutdown_timeout,
-                      spec.idle_heartbeat_interval)
+                      spec.idle_heartbeat_interval, shutdown_fd=shutdown_fd)
     control.install_signal_handlers()
     os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
     _set_parent_death_signal()

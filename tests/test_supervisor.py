@@ -185,6 +185,9 @@ def test_sigterm_logs_out_every_child_and_leaves_nothing(dovecot, tmp_path):
         assert not process_gone_within(pids, 2)
         log = run.log_text()
         assert log.count("stopped (exit code 0)") == 3, log
+        # Each heard it through the shared shutdown pipe (one close() for all), not a message
+        # or a signal of its own (supervisor/forking.ShutdownPipe).
+        assert log.count("stopped (supervisor shutdown)") == 3, log
         deadline = time.monotonic() + 5
         while dovecot.who() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -303,10 +306,17 @@ def test_children_do_not_inherit_their_siblings_descriptors(dovecot, tmp_path):
         children = run.child_pids()
         counts = {tid: len(os.listdir(f"/proc/{pid}/fd")) for tid, pid in children.items()}
         assert len(set(counts.values())) == 1, counts
+        # The one pipe every child reads: the shared shutdown pipe, whose write end only the
+        # parent holds (else closing it would never read as EOF).
+        shutdown = [_pipe_ends(pid, "read") for pid in children.values()]
+        assert all(len(ends) == 1 for ends in shutdown) and len(set().union(*shutdown)) == 1, \
+            "sibling sentinels inherited"
+        shutdown_pipe = shutdown[0]
+        assert shutdown_pipe <= _pipe_ends(run.proc.pid, "write")
         for pid in children.values():
-            assert _pipe_ends(pid, "read") == set(), "sibling sentinels inherited"
             assert len(_pipe_ends(pid, "write")) == 1, "only its own exit sentinel"
-        parent_sentinels = _pipe_ends(run.proc.pid, "read")
+            assert not shutdown_pipe & _pipe_ends(pid, "write"), "a child holds the shutdown pipe's write end"
+        parent_sentinels = _pipe_ends(run.proc.pid, "read") - shutdown_pipe
         writers = set().union(*(_pipe_ends(pid, "write") for pid in children.values()))
         assert parent_sentinels and parent_sentinels <= writers, "a sentinel would read EOF early"
         time.sleep(1)

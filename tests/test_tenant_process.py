@@ -62,20 +62,26 @@ def make_spec(
     )
 
 
-def _child_entry(spec: TenantSpec, child_conn: Connection, parent_conn: Connection, parent_pid: int) -> None:
+def _child_entry(spec: TenantSpec, child_conn: Connection, parent_conn: Connection, parent_pid: int,
+                 shutdown_r: int, shutdown_w: int) -> None:
     parent_conn.close()  # as the supervisor does: else closing our end never reaches the child as EOF
-    run_tenant(spec, child_conn, parent_pid)
+    os.close(shutdown_w)  # as forking.close_all_fds_except does: only the parent holds it
+    run_tenant(spec, child_conn, parent_pid, shutdown_r)
 
 
 class Tenant:
-    """One forked tenant process plus everything it sent us."""
+    """One forked tenant process plus everything it sent us. It also gets the read end of a
+    shutdown pipe, as the supervisor's children do (supervisor/forking.ShutdownPipe)."""
 
     def __init__(self, spec: TenantSpec) -> None:
         self.spec = spec
         self.conn, child_conn = FORK.Pipe()
-        self.proc = FORK.Process(target=_child_entry, args=(spec, child_conn, self.conn, os.getpid()))
+        shutdown_r, self.shutdown_w = os.pipe()
+        self.proc = FORK.Process(target=_child_entry, args=(spec, child_conn, self.conn, os.getpid(),
+                                                            shutdown_r, self.shutdown_w))
         self.proc.start()
         child_conn.close()
+        os.close(shutdown_r)
         self.messages: list[dict[str, Any]] = []
 
     def drain(self, timeout: float = 0.05) -> None:
@@ -112,11 +118,17 @@ class Tenant:
         self.drain()
         return self.proc.exitcode
 
+    def close_shutdown_pipe(self) -> None:
+        if self.shutdown_w >= 0:
+            os.close(self.shutdown_w)
+            self.shutdown_w = -1
+
     def close(self) -> None:
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(5)
         self.conn.close()
+        self.close_shutdown_pipe()
 
 
 @pytest.fixture
@@ -308,16 +320,24 @@ def test_stop_logs_out_and_exits_zero(dovecot: Dovecot, tmp_path: Path, tenants:
     assert "Logged out" in log
 
 
-@pytest.mark.parametrize("how", ["sigterm", "pipe-eof"])
+@pytest.mark.parametrize("how", ["sigterm", "pipe-eof", "shutdown-pipe"])
 def test_signal_and_pipe_eof_stop_cleanly(dovecot: Dovecot, tmp_path: Path, tenants: Any, how: str) -> None:
     tenant = tenants(make_spec(dovecot, tmp_path))
     tenant.wait_state("idle")
     if how == "sigterm":
         tenant.proc.terminate()
-    else:
+    elif how == "pipe-eof":
         tenant.conn.close()
+    else:  # the supervisor's broadcast: nothing on the tenant's own pipe, no signal
+        time.sleep(0.3)
+        assert tenant.proc.is_alive()  # an open shutdown pipe is no stop
+        tenant.close_shutdown_pipe()
     tenant.proc.join(WAIT)
     assert tenant.proc.exitcode == protocol.EXIT_OK
+    deadline = time.monotonic() + WAIT
+    while dovecot.who() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dovecot.who() == []  # logged out, not just gone
 
 
 def test_process_title_shows_company_and_state(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
