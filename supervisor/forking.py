@@ -101,8 +101,7 @@ class ShutdownPipe:
     """
 
     def __init__(self) -> None:
-        self.read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
+        self.read_fd, self._write_fd = os.pipe()  # only ever polled, never read
 
     def close_write(self) -> None:
         if self._write_fd is not None:

@@ -243,8 +243,7 @@ class Control:
                     self.request_stop("supervisor shutdown")
                     self._parent_poller.unregister(self._shutdown_fd)  # at EOF it stays readable
                     self._shutdown_fd = None
-                    if len(ready) == 1:
-                        continue
+                    continue  # poll again: the pipe from the parent, if ready, still is
                 message = protocol.receive(self.conn)
                 if message is not None and message["type"] == "stop":
                     self.request_stop("stop message")

@@ -299,6 +299,14 @@ class Dovecot:
         lines = self._doveadm("who", "-1").splitlines()[1:]
         return sorted({line.split()[0] for line in lines if line.strip()})
 
+    def sessions_after(self, timeout: float) -> list[str]:
+        """who() once no session is left, or when timeout runs out (a LOGOUT ends its session
+        a moment after the client saw the answer)."""
+        deadline = time.monotonic() + timeout
+        while (users := self.who()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return users
+
     def kick(self, user: str) -> None:
         """End all sessions of `user`: doveadm SIGTERMs its imap processes, the
         client reads `* BYE Server shutting down.` then EOF."""

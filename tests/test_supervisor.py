@@ -188,10 +188,7 @@ def test_sigterm_logs_out_every_child_and_leaves_nothing(dovecot, tmp_path):
         # Each heard it through the shared shutdown pipe (one close() for all), not a message
         # or a signal of its own (supervisor/forking.ShutdownPipe).
         assert log.count("stopped (supervisor shutdown)") == 3, log
-        deadline = time.monotonic() + 5
-        while dovecot.who() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert dovecot.who() == []
+        assert dovecot.sessions_after(5) == []
         assert not (run.state_dir / "supervisor.pid").exists()
 
 

@@ -312,10 +312,7 @@ def test_stop_logs_out_and_exits_zero(dovecot: Dovecot, tmp_path: Path, tenants:
     started = time.monotonic()
     assert tenant.stop() == protocol.EXIT_OK
     assert time.monotonic() - started < 2
-    deadline = time.monotonic() + WAIT
-    while dovecot.who() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert dovecot.who() == []
+    assert dovecot.sessions_after(WAIT) == []
     log = dovecot.log_path.read_text()
     assert "Logged out" in log
 
@@ -334,10 +331,7 @@ def test_signal_and_pipe_eof_stop_cleanly(dovecot: Dovecot, tmp_path: Path, tena
         tenant.close_shutdown_pipe()
     tenant.proc.join(WAIT)
     assert tenant.proc.exitcode == protocol.EXIT_OK
-    deadline = time.monotonic() + WAIT
-    while dovecot.who() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert dovecot.who() == []  # logged out, not just gone
+    assert dovecot.sessions_after(WAIT) == []  # logged out, not just gone
 
 
 def test_process_title_shows_company_and_state(dovecot: Dovecot, tmp_path: Path, tenants: Any) -> None:
