@@ -34,7 +34,7 @@ Counters are plain ints: processed, failed, reconnects, logins.
 
 quiet_for: a child waiting on its server (idle, or between polls) with nothing to report beats
 less often (idle_heartbeat_interval); it says by how many seconds its next beat may come later
-than heartbeat_interval, and the supervisor checks meanwhile that it sleeps (supervisor/liveness.py).
+than heartbeat_interval, and the supervisor checks meanwhile that it sleeps (supervisor/children/liveness.py).
 """
 from __future__ import annotations
 

@@ -64,7 +64,7 @@ class Control:
         # here); one poll object kept for the pipe answers in about a microsecond.
         self._parent_poller = select.poll()
         self._parent_poller.register(conn.fileno(), select.POLLIN)
-        # The read end of the supervisor's shutdown pipe (supervisor/forking.py ShutdownPipe), shared
+        # The read end of the supervisor's shutdown pipe (supervisor/children/forking.py ShutdownPipe), shared
         # by every tenant: EOF on it is "the supervisor stops", for all of them at once.
         # The same poll object asks about both: no extra system call per email.
         self._shutdown_fd = shutdown_fd

@@ -1,6 +1,6 @@
 """Failed emails in the ledger: list them, mark them for another round, claim them for replay.
 
-Used from both sides: `idle-supervisor failed` / `retry` (supervisor/cli_failed.py) list and
+Used from both sides: `idle-supervisor failed` / `retry` (supervisor/cli/failed.py) list and
 mark, the tenant process (tenant_proc/replay.py) claims what was marked and reports how many of
 its emails are `failed`. Works on the same ledger the mailbox writes (store.SqliteStore's
 `ledger` table or Supabase's processed_emails), through the store's own connection.

@@ -37,7 +37,7 @@ class HandlerContext:
     # supervisor kills that group if the tenant dies first (the `command` handler uses it).
     track_process_group: Callable[[int | None], None] = field(default=lambda pgid: None)
     # The longest one blocking request (no keepalive possible inside it) may take, in seconds:
-    # [state]'s request bound, derived from heartbeat_timeout (supervisor/config_timeouts.py).
+    # [state]'s request bound, derived from heartbeat_timeout (supervisor/config/timeouts.py).
     request_timeout: float = 10.0
 
 

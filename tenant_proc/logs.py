@@ -9,7 +9,7 @@ Log lines carry text from strangers (subjects, Message-IDs, addresses) and from 
 - a line that does not format (a handler's own bad call) is logged with its raw arguments,
   never dropped with a traceback.
 Control characters (ANSI escapes, CR/LF from a header) are escaped by the text formatter
-(escape_controls, used by supervisor/logsetup.py), for every line of every process.
+(escape_controls, used by supervisor/service/logsetup.py), for every line of every process.
 """
 from __future__ import annotations
 

@@ -110,13 +110,13 @@ class StateSpec:
     supabase_url: str = ""
     supabase_key: Secret | None = field(default=None, repr=False)
     # One Supabase request, as a whole; derived from [supervisor] heartbeat_timeout
-    # (supervisor/config_timeouts.py) so that no request outlives it.
+    # (supervisor/config/timeouts.py) so that no request outlives it.
     request_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
 class OAuthSpec:
-    """The [tenant.oauth] table, validated and with defaults filled in (supervisor/oauth_rows.py).
+    """The [tenant.oauth] table, validated and with defaults filled in (supervisor/tenants/oauth_rows.py).
 
     Secrets are Secret; files (service account key, certificate) are read by the tenant
     process at each token request, so a rotated key file needs no restart.

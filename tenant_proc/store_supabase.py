@@ -45,7 +45,7 @@ ATTEMPT_RETRIES = 5  # optimistic-concurrency rounds for the attempts counter
 
 # One request, as a whole (tenant_proc/http_deadline.py): a tenant blocked in one request sends
 # no heartbeat, so the supervisor derives the bound from heartbeat_timeout
-# (supervisor/config_timeouts.py, StateSpec.request_timeout). Between requests the store beats
+# (supervisor/config/timeouts.py, StateSpec.request_timeout). Between requests the store beats
 # (keepalive), so a chain of slow requests (mark_done makes up to four) never adds up to a
 # "hung" kill either: a request that runs out of time is a StoreError, the failure of that step
 # (the email stays unhandled or 'handling', the tenant reconnects and tries again).

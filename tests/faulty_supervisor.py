@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from supervisor.arbiter import Arbiter
+from supervisor.arbiter.arbiter import Arbiter
 from supervisor.cli import main
 
 _murder_hung = Arbiter.murder_hung

@@ -1,6 +1,6 @@
 """What a supervisor log written during a test must never contain.
 
-The product's rule (README "Operations", supervisor/cli.py, tenant_proc/main.py): every failure an
+The product's rule (README "Operations", supervisor/cli/program.py, tenant_proc/main.py): every failure an
 operator can meet is one line naming the exception and where, never a traceback. A traceback in a
 supervisor log therefore means an exception nobody handled (a bug) or a log call that broke
 (`--- Logging error ---`, e.g. a `%` in a format); the one-line reports of an unhandled exception
@@ -14,7 +14,7 @@ from __future__ import annotations
 # In JSON log lines the traceback is one escaped string, but it starts with the same words.
 # Then the product's one-line forms of an exception nobody handled, which replace a traceback
 # and mean the same (a bug, unless a test provokes it): a tenant process that crashed
-# (tenant_proc/main.py) and a failed supervisor loop tick (supervisor/arbiter.py).
+# (tenant_proc/main.py) and a failed supervisor loop tick (supervisor/arbiter/arbiter.py).
 TRACEBACK_MARKERS = ("Traceback (most recent call last)", "--- Logging error ---",
                      "crashed: ", "loop tick failed: ")
 EXCERPT_LINES_BEFORE = 2

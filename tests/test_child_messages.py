@@ -1,4 +1,4 @@
-"""The arbiter's reading of child pipes (supervisor/child_messages.py) over real pipes: a partial
+"""The arbiter's reading of child pipes (supervisor/arbiter/child_messages.py) over real pipes: a partial
 frame never blocks and is handled once complete, a dead child's last words are read up to EOF,
 an oversized frame stops that child, and stop/replay reach the child's Connection."""
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from ipc import protocol
-from supervisor.child_messages import ChildMessages
-from supervisor.forking import ChildHandle, TenantProcess
-from supervisor.metrics import LatencyHistogram
-from supervisor.tenants import StopReason, TenantRecord
+from supervisor.arbiter.child_messages import ChildMessages
+from supervisor.children.forking import ChildHandle, TenantProcess
+from supervisor.children.records import StopReason, TenantRecord
+from supervisor.service.metrics import LatencyHistogram
 
 
 class Host(ChildMessages):

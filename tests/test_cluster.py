@@ -15,15 +15,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.cluster import Cluster, Member, fair_targets, hysteresis, plan_balance
-from supervisor.config import ClusterSettings, ConfigError, load_config
-from supervisor.tenant_rows import TenantLoad
+from supervisor.config.load import load_config
+from supervisor.config.settings import ClusterSettings
+from supervisor.errors import ConfigError
+from supervisor.tenants.cluster import Cluster, Member, fair_targets, hysteresis, plan_balance
+from supervisor.tenants.rows import TenantLoad
 from tenant_proc.spec import Secret, TenantSpec
 from tenant_proc.store_api import Checkpoint, LeaseLost
 from tenant_proc.store_supabase import SupabaseStore
 from tests.pg import PostgresDatabase
 from tests.postgrest_server import TEST_SERVICE_KEY, PostgrestServer
-
 
 # --- pure balancing ------------------------------------------------------------------------------
 

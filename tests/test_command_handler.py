@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config import load_config
+from supervisor.config.load import load_config
 from tenant_proc.handlers import DEFAULT_COMMAND_TIMEOUT, command
 from tests.dovecot import make_message
 from tests.supervisor_run import SupervisorRun, TenantEntry, process_gone_within
@@ -163,7 +163,7 @@ def test_a_reported_group_is_killed_only_while_its_number_is_still_ours():
     import subprocess
 
     from ipc.procstat import start_ticks
-    from supervisor.command_groups import kill_orphaned_group, reported_group
+    from supervisor.children.command_groups import kill_orphaned_group, reported_group
 
     assert reported_group({"pgid": os.getpgrp(), "start": 1}) is None  # never our own group
     assert reported_group({"pgid": 1, "start": 1}) is None and reported_group({"pgid": True}) is None

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config import ConfigError, load_config
-from supervisor.tenant_rows import build_tenant_specs
+from supervisor.config.load import load_config
+from supervisor.errors import ConfigError
+from supervisor.tenants.rows import build_tenant_specs
 
 GOOD = """
 [supervisor]
@@ -153,7 +154,7 @@ def test_default_handler_without_configuration(tmp_path, monkeypatch):
 
 def test_environment_alone_configures_everything(tmp_path, monkeypatch):
     """Railway: no file, IDLE_SUPERVISOR_<SECTION>_<KEY> variables and SUPABASE_* only."""
-    from supervisor.config import resolve_config_path
+    from supervisor.config.env import resolve_config_path
 
     monkeypatch.chdir(tmp_path)
     env = {"SUPABASE_URL": "http://127.0.0.1:9", "SUPABASE_SERVICE_ROLE_KEY": "service-key",
@@ -179,7 +180,7 @@ def test_environment_overrides_a_file(tmp_path):
 
 
 def test_no_config_at_all_is_one_clear_line():
-    from supervisor.config import resolve_config_path
+    from supervisor.config.env import resolve_config_path
 
     with pytest.raises(ConfigError, match="no config"):
         resolve_config_path(None, {})

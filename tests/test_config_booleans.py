@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config import ConfigError, load_config
-from supervisor.tenant_rows import build_tenant_specs
+from supervisor.config.load import load_config
+from supervisor.errors import ConfigError
+from supervisor.tenants.rows import build_tenant_specs
 
 ROW = {"id": "acme", "host": "imap.example.com", "username": "u", "password": "p", "security": "plain"}
 

@@ -7,8 +7,13 @@ import threading
 
 import pytest
 
-from supervisor.control import (SUN_PATH_MAX, CommandError, ControlServer, ControlUnavailable,
-                                request)
+from supervisor.service.control import (
+    SUN_PATH_MAX,
+    CommandError,
+    ControlServer,
+    ControlUnavailable,
+    request,
+)
 
 
 def serve_while(server: ControlServer, selector: selectors.BaseSelector, call) -> object:

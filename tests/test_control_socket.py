@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from supervisor.control import MAX_REQUEST_BYTES
+from supervisor.service.control import MAX_REQUEST_BYTES
 from tests.dovecot import make_message
 from tests.supervisor_run import SupervisorRun, TenantEntry, process_gone_within
 

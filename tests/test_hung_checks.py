@@ -1,8 +1,8 @@
-"""supervisor/hung_checks.py: the heap pops a tenant no later than a full scan would look."""
+"""supervisor/children/hung_checks.py: the heap pops a tenant no later than a full scan would look."""
 from __future__ import annotations
 
-from supervisor.hung_checks import NOT_SCHEDULED, HungChecks, check_due
-from supervisor.tenants import State, TenantRecord
+from supervisor.children.hung_checks import NOT_SCHEDULED, HungChecks, check_due
+from supervisor.children.records import State, TenantRecord
 
 TIMEOUT = 30.0
 

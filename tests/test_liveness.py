@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from supervisor import liveness
+from supervisor.children import liveness
 from tests.forked import running
 
 

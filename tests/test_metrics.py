@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from supervisor.metrics import LATENCY_BUCKETS, LatencyHistogram
+from supervisor.service.metrics import LATENCY_BUCKETS, LatencyHistogram
 from tests.dovecot import make_message
 from tests.supervisor_run import SupervisorRun, TenantEntry
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from supervisor.errors import ConfigError
-from supervisor.oauth_rows import oauth_spec_from_row
+from supervisor.tenants.oauth_rows import oauth_spec_from_row
 from tenant_proc import signin
 from tenant_proc.connect import ConnectionLost, FatalError, login, open_client
 from tenant_proc.signin import errors
@@ -421,7 +421,7 @@ def test_preload_imports_oauth_libraries_only_when_a_tenant_uses_oauth(tmp_path:
 
 @pytest.mark.integration
 def test_supabase_company_columns_and_token_table(postgrest, pg_db) -> None:
-    from supervisor.source_supabase import fetch_company_rows
+    from supervisor.tenants.companies import fetch_company_rows
     from tenant_proc.signin.storage import SupabaseTokenStore
     from tests.postgrest_server import TEST_SERVICE_KEY
 

@@ -1,7 +1,7 @@
 """Issue 12 item 3: a slow Supabase never gets a healthy tenant killed as hung.
 
 Every state-store request is bounded as a whole (tenant_proc/http_deadline.py) by a timeout
-derived from heartbeat_timeout (supervisor/config_timeouts.py), and the store beats before each
+derived from heartbeat_timeout (supervisor/config/timeouts.py), and the store beats before each
 request. A request that runs out of time is the failure of that step: the email stays
 unhandled, the tenant reconnects, and once Supabase answers again the email is handled once.
 """
@@ -17,8 +17,8 @@ from typing import Iterator
 import httpx
 import pytest
 
-from supervisor.config import SupervisorSettings
-from supervisor.config_timeouts import store_request_timeout
+from supervisor.config.settings import SupervisorSettings
+from supervisor.config.timeouts import store_request_timeout
 from tenant_proc.handler_loader import load_handler
 from tenant_proc.http_deadline import DeadlineClient
 from tests.dovecot import make_message
@@ -38,8 +38,8 @@ def test_the_request_timeout_follows_heartbeat_timeout_down():
 
 
 def test_the_derived_timeout_reaches_every_tenant_spec(tmp_path):
-    from supervisor.config import load_config
-    from supervisor.tenant_rows import build_tenant_specs
+    from supervisor.config.load import load_config
+    from supervisor.tenants.rows import build_tenant_specs
 
     config_path = tmp_path / "config.toml"
     config_path.write_text(f'''

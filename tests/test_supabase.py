@@ -16,9 +16,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from supervisor.config import load_config
-from supervisor.tenant_rows import build_tenant_specs
-from supervisor.sources import SourceError
+from supervisor.config.load import load_config
+from supervisor.errors import SourceError
+from supervisor.tenants.rows import build_tenant_specs
 from tenant_proc.handler_loader import HandlerContext, resolve_target
 from tenant_proc.message import Email
 from tenant_proc.spec import Secret
@@ -200,7 +200,7 @@ def supabase_config(tmp_path: Path, postgrest: PostgrestServer):
 
 
 def test_fetch_maps_active_companies(postgrest: PostgrestServer, pg_db: PostgresDatabase, tmp_path: Path) -> None:
-    from supervisor.source_supabase import fetch_company_rows
+    from supervisor.tenants.companies import fetch_company_rows
 
     add_company(pg_db, "beta", imap_folder="Support")
     add_company(pg_db, "acme", imap_security="tls", imap_port=993)
@@ -221,7 +221,7 @@ def test_fetch_maps_active_companies(postgrest: PostgrestServer, pg_db: Postgres
 
 def test_a_malformed_row_skips_only_that_company(postgrest: PostgrestServer, pg_db: PostgresDatabase,
                                                   tmp_path: Path) -> None:
-    from supervisor.source_supabase import fetch_company_rows
+    from supervisor.tenants.companies import fetch_company_rows
 
     add_company(pg_db, "acme")
     add_company(pg_db, "broken", imap_username=" ")
@@ -232,7 +232,7 @@ def test_a_malformed_row_skips_only_that_company(postgrest: PostgrestServer, pg_
 
 
 def test_fetch_reads_past_the_servers_row_cap(pg_db: PostgresDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
-    import supervisor.source_supabase as source
+    import supervisor.tenants.companies as source
 
     for i in range(23):
         add_company(pg_db, f"c{i:02d}")
@@ -245,7 +245,7 @@ def test_fetch_reads_past_the_servers_row_cap(pg_db: PostgresDatabase, monkeypat
 
 def test_fetch_leaves_no_thread_or_socket_behind(postgrest: PostgrestServer, pg_db: PostgresDatabase) -> None:
     # The supervisor forks after reading companies: it must stay single-threaded with no open pool.
-    from supervisor.source_supabase import fetch_company_rows
+    from supervisor.tenants.companies import fetch_company_rows
 
     def own_threads() -> set[int | None]:  # everything but the in-process test server's threads
         return {t.ident for t in threading.enumerate()
@@ -268,7 +268,7 @@ def test_fetch_leaves_no_thread_or_socket_behind(postgrest: PostgrestServer, pg_
 @pytest.mark.parametrize("mode", ["down", "500", "503", "wrong-key", "bad-url"])
 def test_fetch_errors_are_one_line_without_the_key(postgrest: PostgrestServer, pg_db: PostgresDatabase,
                                                     mode: str) -> None:
-    from supervisor.source_supabase import fetch_company_rows
+    from supervisor.tenants.companies import fetch_company_rows
 
     add_company(pg_db, "acme")
     url, key = postgrest.url, TEST_SERVICE_KEY
@@ -294,7 +294,7 @@ def test_fetch_errors_are_one_line_without_the_key(postgrest: PostgrestServer, p
 
 def test_fetch_answer_with_a_key_echoed_is_scrubbed(postgrest: PostgrestServer) -> None:
     # A misbehaving proxy that echoes request headers into its error page must not leak the key.
-    from supervisor.source_supabase import fetch_company_rows
+    from supervisor.tenants.companies import fetch_company_rows
 
     postgrest.fail_with(502, f"bad gateway; apikey={TEST_SERVICE_KEY}", content_type="text/plain")
     with pytest.raises(SourceError) as err:

@@ -1,4 +1,4 @@
-"""The systemd unit, the Railway start command and supervisor.sdnotify, on real sockets."""
+"""The systemd unit, the Railway start command and supervisor.service.sdnotify, on real sockets."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from supervisor import sdnotify
+from supervisor.service import sdnotify
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "idle-supervisor.service"
@@ -101,7 +101,7 @@ def test_unit_keeps_what_the_supervisor_relies_on() -> None:
     # 1,000 tenants need more than the default soft limit of 1024 descriptors.
     assert int(s["LimitNOFILE"][0]) >= 4096
     # Config errors exit with this code; systemd must not retry them every RestartSec.
-    from supervisor.cli import EXIT_USAGE
+    from supervisor.cli.args import EXIT_USAGE
     assert str(EXIT_USAGE) in s["RestartPreventExitStatus"][0].split()
     argv = shlex.split(s["ExecStart"][0])
     assert argv[1:3] == ["run", "--config"], argv
@@ -335,8 +335,8 @@ def test_forget_keeps_socket_for_parent_only(listener: Listener, monkeypatch: py
 # --- the example files ------------------------------------------------------------------------
 
 def test_example_config_fits_the_unit() -> None:
-    from supervisor.config import load_config
-    from supervisor.tenant_rows import build_tenant_specs
+    from supervisor.config.load import load_config
+    from supervisor.tenants.rows import build_tenant_specs
 
     config = load_config(ROOT / "systemd" / "config.toml.example")
     unit = _unit_settings()

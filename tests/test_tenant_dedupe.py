@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config import load_config
-from supervisor.tenant_rows import build_tenant_specs
-from supervisor.tenants import diff_tenants
+from supervisor.children.records import diff_tenants
+from supervisor.config.load import load_config
+from supervisor.tenants.rows import build_tenant_specs
 from tests.dovecot import make_message
 from tests.supervisor_run import SupabaseRun, SupervisorRun, TenantEntry
 

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from supervisor.logsetup import TextFormatter
+from supervisor.service.logsetup import TextFormatter
 from tenant_proc.logs import MAX_ARG_CHARS, MAX_LINE_CHARS, tenant_logger
 
 

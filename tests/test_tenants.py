@@ -8,7 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipc.protocol import EXIT_AUTH, EXIT_CONFIG
-from supervisor.tenants import MAX_QUIET, RestartPolicy, State, StopReason, TenantRecord, diff_tenants
+from supervisor.children.records import (
+    MAX_QUIET,
+    RestartPolicy,
+    State,
+    StopReason,
+    TenantRecord,
+    diff_tenants,
+)
 from tenant_proc.spec import Secret, TenantSpec
 
 POLICY = RestartPolicy(backoff=60, jitter=0.1, failed_backoff=900, max_restarts=5, window=600)

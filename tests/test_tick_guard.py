@@ -1,7 +1,7 @@
 """The failed-tick budget (pure logic; the end-to-end behaviour is in test_control_socket.py)."""
 from __future__ import annotations
 
-from supervisor.tick_guard import TickFailures, describe
+from supervisor.arbiter.tick_guard import TickFailures, describe
 
 
 def test_failures_count_only_within_the_window():

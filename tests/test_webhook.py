@@ -154,7 +154,7 @@ def test_missing_secret_fails_at_load(monkeypatch):
 
 
 def test_a_literal_secret_in_the_config_never_prints(tmp_path):
-    from supervisor.config import load_config
+    from supervisor.config.load import load_config
     from tenant_proc.spec import Secret
 
     path = tmp_path / "config.toml"
@@ -166,8 +166,8 @@ def test_a_literal_secret_in_the_config_never_prints(tmp_path):
 
 
 def test_a_tenant_webhook_url_replaces_the_handler_url(tmp_path):
-    from supervisor.config import load_config
-    from supervisor.tenant_rows import build_tenant_specs
+    from supervisor.config.load import load_config
+    from supervisor.tenants.rows import build_tenant_specs
     from tenant_proc.handler_loader import load_handler
 
     path = tmp_path / "config.toml"

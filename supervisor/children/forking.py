@@ -15,7 +15,7 @@ from typing import Any
 
 from ipc import protocol
 from ipc.framing import FrameReader, FrameWriter
-from supervisor.childproc import child_entry
+from supervisor.children.entry import child_entry
 from tenant_proc.control import readable_fds
 from tenant_proc.spec import TenantSpec
 
@@ -75,7 +75,7 @@ class ChildHandle:
     conn: Connection  # parent end of the pipe (for its fd and close(); never recv/send on it)
     conn_open: bool = True
     # (pgid, leader start time) of the command its handler is running (IPC command_group):
-    # killed when this child is collected dead with it still set (supervisor/command_groups.py).
+    # killed when this child is collected dead with it still set (supervisor/children/command_groups.py).
     command_group: tuple[int, int | None] | None = None
 
     def __post_init__(self) -> None:

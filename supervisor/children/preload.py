@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from tenant_proc.deps import require
 
 if TYPE_CHECKING:
-    from supervisor.config import Config
+    from supervisor.config.settings import Config
 
 SUPABASE_INSTALL = "pip install 'supabase>=2.34,<3' 'httpx>=0.28' (or reinstall idle-supervisor)"
 

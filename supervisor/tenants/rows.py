@@ -13,13 +13,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from supervisor.config_env import strict_bool
+from supervisor.config.env import strict_bool
 from supervisor.errors import ConfigError
-from supervisor.oauth_rows import auth_method, oauth_spec_from_row
+from supervisor.tenants.oauth_rows import auth_method, oauth_spec_from_row
 from tenant_proc.spec import SECURITY_MODES, Secret, TenantSpec
 
 if TYPE_CHECKING:
-    from supervisor.config import Config
+    from supervisor.config.settings import Config
 
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 TENANT_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")

@@ -3,7 +3,7 @@
 One tick: wait on every child pipe, every process sentinel, the signal wake-up socket and the
 control socket (bounded timeout), then read messages, answer the control socket, drain
 signals, reap, check heartbeats and stop deadlines, refresh tenants when due, start what is
-due, write status, ping systemd. A failing tick is contained (supervisor/tick_guard.py).
+due, write status, ping systemd. A failing tick is contained (supervisor/arbiter/tick_guard.py).
 
 The concerns beside the loop are mixins, each in its own module: what should run
 (reconcile.py), reading children's messages (child_messages.py), how children end (exits.py),
@@ -26,19 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from ipc import protocol
-from supervisor import sdnotify, tick_guard
-from supervisor.child_messages import ChildMessages
-from supervisor.cluster import make_cluster
-from supervisor.config import Config, ConfigError, load_config
-from supervisor.control import ControlServer
-from supervisor.exits import ChildExits
-from supervisor.forking import ShutdownPipe, fork_tenant, reap_orphans
-from supervisor.hung_checks import HungChecks
-from supervisor.metrics import LatencyHistogram, MetricsError, MetricsServer
-from supervisor.pidfile import PidFile
-from supervisor.reconcile import TenantReconciler
-from supervisor.reporting import StatusReporter
-from supervisor.tenants import RestartPolicy, State, StopReason, TenantRecord
+from supervisor.arbiter import tick_guard
+from supervisor.arbiter.child_messages import ChildMessages
+from supervisor.arbiter.exits import ChildExits
+from supervisor.arbiter.reconcile import TenantReconciler
+from supervisor.arbiter.reporting import StatusReporter
+from supervisor.children.forking import ShutdownPipe, fork_tenant, reap_orphans
+from supervisor.children.hung_checks import HungChecks
+from supervisor.children.records import RestartPolicy, State, StopReason, TenantRecord
+from supervisor.config.load import load_config
+from supervisor.config.settings import Config
+from supervisor.errors import ConfigError
+from supervisor.service import sdnotify
+from supervisor.service.control import ControlServer
+from supervisor.service.metrics import LatencyHistogram, MetricsError, MetricsServer
+from supervisor.service.pidfile import PidFile
+from supervisor.tenants.cluster import make_cluster
 from tenant_proc import signin
 from tenant_proc.connect import preload_ssl_contexts
 from tenant_proc.handler_loader import HandlerError, resolve_target
@@ -148,7 +151,7 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
 
     def contain_failed_tick(self, exc: Exception) -> None:
         """One line per failed tick; the tenants keep running. Repeated failures: stop every
-        tenant gracefully and exit non-zero (supervisor/tick_guard.py)."""
+        tenant gracefully and exit non-zero (supervisor/arbiter/tick_guard.py)."""
         now = time.monotonic()
         log.error("loop tick failed: %s%s", tick_guard.describe(exc),
                   "" if self.give_up_at is not None else "; tenants keep running")

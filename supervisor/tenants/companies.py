@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from supervisor.sources import SourceError
+from supervisor.errors import SourceError
 from tenant_proc.spec import Secret
 
 TABLE = "companies"

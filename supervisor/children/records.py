@@ -15,7 +15,6 @@ from typing import Any, Mapping
 from ipc.protocol import EXIT_AUTH, EXIT_CONFIG, EXIT_OK
 from tenant_proc.spec import TenantSpec
 
-
 # A child may not ask for more quiet than this, whatever its message says.
 MAX_QUIET = 3600.0
 
@@ -94,7 +93,7 @@ class TenantRecord:
     gauges: dict[str, int] = field(default_factory=dict)
     server_idle_age: float | None = None
     # The last heartbeat's promise: the next may come this many seconds later than usual
-    # (a quiet tenant, see supervisor/liveness.py), while /proc says it sleeps.
+    # (a quiet tenant, see supervisor/children/liveness.py), while /proc says it sleeps.
     quiet_for: float = 0.0
     next_probe_at: float = 0.0
     last_probe: Any = None  # liveness.ProcSample

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from supervisor import sdnotify
-from supervisor.control import Command, ControlServer
-from supervisor.status import build_status, summary_line, write_status
-from supervisor.tenants import TenantRecord
+from supervisor.children.records import TenantRecord
+from supervisor.service import sdnotify
+from supervisor.service.control import Command, ControlServer
+from supervisor.service.status import build_status, summary_line, write_status
 
 log = logging.getLogger("supervisor")
 
@@ -26,7 +26,7 @@ STATUS_MIN_INTERVAL = 1.0  # status.json: soon after a visible change, else ever
 
 
 class StatusReporter:
-    # The arbiter's (supervisor/arbiter.py): annotations only, nothing defined at runtime.
+    # The arbiter's (supervisor/arbiter/arbiter.py): annotations only, nothing defined at runtime.
     records: dict[str, TenantRecord]
     config: Any
     cluster: Any

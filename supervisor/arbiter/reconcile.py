@@ -11,10 +11,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from supervisor.config import ConfigError
-from supervisor.preload import preload_backends
-from supervisor.sources import SourceError, load_tenants
-from supervisor.tenants import State, StopReason, TenantRecord, diff_tenants
+from supervisor.children.preload import preload_backends
+from supervisor.children.records import State, StopReason, TenantRecord, diff_tenants
+from supervisor.errors import ConfigError, SourceError
+from supervisor.tenants.sources import load_tenants
 from tenant_proc.deps import MissingDependency
 from tenant_proc.handler_loader import HandlerError, resolve_target
 
@@ -24,7 +24,7 @@ SOURCE_RETRY = 30.0  # after a failed tenant read, try again this soon
 
 
 class TenantReconciler:
-    # The arbiter's (supervisor/arbiter.py): annotations only, nothing defined at runtime.
+    # The arbiter's (supervisor/arbiter/arbiter.py): annotations only, nothing defined at runtime.
     records: dict[str, TenantRecord]
     config: Any
     cluster: Any
@@ -110,7 +110,7 @@ class TenantReconciler:
             del self.records[record.id]
 
     def cluster_tick(self, now: float) -> None:
-        """Leases (supervisor/cluster.py): renew, stop what was lost or handed back, claim more."""
+        """Leases (supervisor/tenants/cluster.py): renew, stop what was lost or handed back, claim more."""
         actions = self.cluster.maintain(now, lambda tid: tid in self.records
                                         and self.records[tid].is_alive())
         if self.shutting_down:

@@ -25,11 +25,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Mapping
 
-from supervisor.config import ClusterSettings
-from supervisor.tenant_rows import TenantLoad
+from supervisor.config.settings import ClusterSettings
+from supervisor.tenants.rows import TenantLoad
 from tenant_proc.spec import Secret
 
-log = logging.getLogger("supervisor.cluster")
+log = logging.getLogger("supervisor.tenants.cluster")
 
 MAX_CALL_TIMEOUT = 5.0  # seconds per request: the loop waits at most this for the database
 

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("supervisor.sdnotify")  # the name operators filter on, kept from before the move
 
 _ENV_KEYS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 _saved: dict[str, str] = {}  # values taken out of os.environ by forget_notify_socket()

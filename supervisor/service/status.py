@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from supervisor.tenants import COUNTER_NAMES, TenantRecord
+from supervisor.children.records import COUNTER_NAMES, TenantRecord
 
 STATUS_FILE = "status.json"
 WEBHOOK_COUNTERS = tuple(n for n in COUNTER_NAMES if n.startswith("webhook_"))

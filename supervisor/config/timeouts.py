@@ -9,13 +9,11 @@ because the 25 s default command_timeout is now too long": the unset values foll
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Collection
+from typing import Collection
 
+from supervisor.config.settings import SupervisorSettings
 from supervisor.errors import ConfigError
 from tenant_proc.spec import ImapSettings, StateSpec
-
-if TYPE_CHECKING:
-    from supervisor.config import SupervisorSettings
 
 # Shares of heartbeat_timeout given to the values the user did not set. At the default
 # heartbeat_timeout of 30 s they give exactly the documented defaults (5, 20 and 25 s), so a

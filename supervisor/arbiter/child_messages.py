@@ -13,9 +13,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ipc import protocol
-from supervisor.command_groups import reported_group
-from supervisor.metrics import LatencyHistogram
-from supervisor.tenants import State, StopReason, TenantRecord
+from supervisor.children.command_groups import reported_group
+from supervisor.children.records import State, StopReason, TenantRecord
+from supervisor.service.metrics import LatencyHistogram
 
 log = logging.getLogger("supervisor")
 
@@ -23,7 +23,7 @@ MESSAGES_PER_CHILD_PER_TICK = 64  # one chatty child cannot starve the loop
 
 
 class ChildMessages:
-    # The arbiter's (supervisor/arbiter.py): annotations only, nothing defined at runtime.
+    # The arbiter's (supervisor/arbiter/arbiter.py): annotations only, nothing defined at runtime.
     config: Any
     latency: LatencyHistogram
     status_dirty: bool

@@ -13,17 +13,17 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-from supervisor.config import Config, ConfigError
-from supervisor.pidfile import read_pid
+from supervisor.cli.args import PROG, load, with_config
+from supervisor.config.settings import Config
+from supervisor.errors import ConfigError
+from supervisor.service.pidfile import read_pid
 from tenant_proc.failed_ledger import FailedEmail, FailedLedger, ledger_for
 from tenant_proc.store_api import StoreError
 
-PROG = "idle-supervisor"
 
-
-def add_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(sub: Any) -> None:
     failed = sub.add_parser("failed", help="list emails recorded as failed")
     with_config(failed)
     failed.add_argument("--tenant", metavar="ID", help="only this tenant's")
@@ -39,9 +39,7 @@ def add_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser], None
 
 
 def cmd_failed(args: argparse.Namespace) -> int:
-    from supervisor.cli import _config
-
-    _, config = _config(args)
+    _, config = load(args)
     with open_ledger(config) as ledger:
         emails = ledger.list_failed(args.tenant)
     if args.json:
@@ -55,11 +53,9 @@ def cmd_failed(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from supervisor.cli import _config
-
     if args.all == bool(args.uids):
         raise ConfigError("retry needs UIDs or --all (not both)")
-    _, config = _config(args)
+    _, config = load(args)
     with open_ledger(config) as ledger:
         marked = ledger.mark_replay(args.tenant, None if args.all else args.uids)
     missing = sorted(set(args.uids) - {e.uid for e in marked})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import itertools
 
-from supervisor.tenants import State, TenantRecord
+from supervisor.children.records import State, TenantRecord
 
 NOT_SCHEDULED = float("inf")
 # murder_hung kills when the silence is strictly above the limit: look just after it, not at

@@ -6,10 +6,6 @@ the pid-file lock, systemd's notify socket. Then it hands over to tenant_proc.ma
 """
 from __future__ import annotations
 
-import signal
-from multiprocessing.connection import Connection
-from typing import NoReturn
-
 # Imported here, in the parent, before the first fork: every child then shares these modules'
 # pages copy-on-write instead of importing (and owning) its own copy of imapclient, ssl,
 # sqlite3, email parsing and the tenant code. Lazily importing them in the child cost ~6 MB
@@ -17,6 +13,10 @@ from typing import NoReturn
 import email.feedparser  # noqa: F401  (parse_email, on the first message)
 import email.parser  # noqa: F401
 import email.policy  # noqa: F401
+import signal
+from multiprocessing.connection import Connection
+from typing import NoReturn
+
 from tenant_proc.main import run_tenant
 from tenant_proc.spec import TenantSpec
 

@@ -3,7 +3,7 @@
 A mixin of Arbiter (like reconcile.py). Exits are collected with TenantProcess.is_alive()
 (our own waitpid on that pid, never waitpid(-1): supervision rule 3); every stop has a
 deadline after which SIGKILL follows (rule 9); a quiet tenant's silence is checked against
-/proc before it counts as hung (supervisor/liveness.py).
+/proc before it counts as hung (supervisor/children/liveness.py).
 """
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ipc import protocol
-from supervisor import liveness
-from supervisor.command_groups import kill_orphaned_group
-from supervisor.forking import ChildHandle, send_signal
-from supervisor.hung_checks import HungChecks
-from supervisor.tenants import RestartPolicy, State, StopReason, TenantRecord
+from supervisor.children import liveness
+from supervisor.children.command_groups import kill_orphaned_group
+from supervisor.children.forking import ChildHandle, send_signal
+from supervisor.children.hung_checks import HungChecks
+from supervisor.children.records import RestartPolicy, State, StopReason, TenantRecord
 
 log = logging.getLogger("supervisor")
 
 
 class ChildExits:
-    # The arbiter's (supervisor/arbiter.py): annotations only, nothing defined at runtime.
+    # The arbiter's (supervisor/arbiter/arbiter.py): annotations only, nothing defined at runtime.
     records: dict[str, TenantRecord]
     config: Any
     rng: random.Random
@@ -97,7 +97,7 @@ class ChildExits:
         handle.process.close()
 
     def murder_hung(self, now: float) -> None:
-        """Look at the tenants whose check is due (supervisor/hung_checks.py), not at all."""
+        """Look at the tenants whose check is due (supervisor/children/hung_checks.py), not at all."""
         timeout = self.config.supervisor.heartbeat_timeout
         for record in self.hung_checks.pop_due(now):
             self._check_hung(record, now, timeout)
