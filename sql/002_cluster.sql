@@ -208,7 +208,7 @@ begin
 end
 $$;
 
--- Fenced state writes: same semantics as the plain REST writes of tenant_proc/store_supabase.py,
+-- Fenced state writes: same semantics as the plain REST writes of tenant_proc/store/supabase.py,
 -- each one atomic (one transaction per call).
 create or replace function public.fenced_save_checkpoint(p_company text, p_folder text,
                                                          p_uidvalidity bigint, p_last_uid bigint,

@@ -14,18 +14,18 @@ from multiprocessing.connection import Connection
 from typing import NoReturn
 
 from ipc import protocol
-from tenant_proc.control import Control
-from tenant_proc.handler_loader import HandlerError, load_handler
+from tenant_proc.errors import FatalError
+from tenant_proc.handlers.loader import HandlerError, load_handler
 from tenant_proc.logs import describe_exception, tenant_logger
-from tenant_proc.mailbox import Mailbox
-from tenant_proc.connect import FatalError
-from tenant_proc import signin
-from tenant_proc.replay import Replayer
+from tenant_proc.mail.mailbox import Mailbox
+from tenant_proc.mail.replay import Replayer
+from tenant_proc.process.control import Control
+from tenant_proc.process.title import set_title
 from tenant_proc.session import Session
+from tenant_proc.signin import login as signin
 from tenant_proc.spec import TenantSpec
-from tenant_proc.store import open_store
-from tenant_proc.store_api import LeaseLost
-from tenant_proc.title import set_title
+from tenant_proc.store.api import LeaseLost
+from tenant_proc.store.backend import open_store
 
 EXIT_CRASH = 1
 PR_SET_PDEATHSIG = 1

@@ -6,9 +6,11 @@ from dataclasses import dataclass, replace
 
 from imapclient.exceptions import IMAPClientError
 
-from tenant_proc.connect import SECURITY_LABELS, ConnectionLost, FatalError, login, open_client
-from tenant_proc.signin import MECHANISMS, token_source as signin_source
+from tenant_proc.errors import ConnectionLost, FatalError
+from tenant_proc.imap.connect import SECURITY_LABELS, open_client
 from tenant_proc.signin.errors import raise_if_mailbox_refused
+from tenant_proc.signin.login import MECHANISMS, login
+from tenant_proc.signin.login import token_source as signin_source
 from tenant_proc.spec import TenantSpec
 
 

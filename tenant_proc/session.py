@@ -15,18 +15,19 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from imapclient.imapclient import _parse_untagged_response
 
-from tenant_proc.beating_io import beat_while_reading
-from tenant_proc.connect import (
-    SECURITY_LABELS, ConnectionLost, FatalError, login, open_client, suggested_backoff,
-)
-from tenant_proc.control import Control, StopRequested, readable_fds
-from tenant_proc.login_budget import LoginBudget
-from tenant_proc.mailbox import Mailbox, Notice
+from ipc.poll import readable_fds
+from tenant_proc.errors import ConnectionLost, FatalError, suggested_backoff
+from tenant_proc.imap.beating_io import beat_while_reading
+from tenant_proc.imap.connect import SECURITY_LABELS, open_client
+from tenant_proc.mail.mailbox import Mailbox, Notice
+from tenant_proc.mail.uidvalidity import changed_on_server
+from tenant_proc.process.control import Control, StopRequested
+from tenant_proc.process.memory import return_free_memory
 from tenant_proc.signin.errors import raise_if_mailbox_refused
-from tenant_proc.memory import return_free_memory
+from tenant_proc.signin.login import login
+from tenant_proc.signin.login_budget import LoginBudget
 from tenant_proc.spec import TenantSpec
-from tenant_proc.store_api import LeaseLost, StoreError
-from tenant_proc.uidvalidity import changed_on_server
+from tenant_proc.store.api import LeaseLost, StoreError
 
 BACKOFF_START = 1.0
 PROBE_TIMEOUT = 15.0  # a live server answers DONE in milliseconds
@@ -224,7 +225,7 @@ class Session:
 
     def _rest(self) -> None:
         """About to wait on the server after work (connecting, mail): give the heap it freed
-        back to the kernel (tenant_proc/memory.py). Not after a wait that found nothing."""
+        back to the kernel (tenant_proc/process/memory.py). Not after a wait that found nothing."""
         done = self.control.counters["processed"] + self.control.counters["failed"]
         if done != self._done_at_last_rest:
             self._done_at_last_rest = done

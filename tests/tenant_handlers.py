@@ -1,8 +1,8 @@
 """Handlers used by the tenant-process tests (importable in the forked child as tests.tenant_handlers)."""
 from __future__ import annotations
 
-from tenant_proc.handler_loader import HandlerContext
 from tenant_proc.handlers import jsonl
+from tenant_proc.handlers.loader import HandlerContext
 from tenant_proc.message import Email
 
 

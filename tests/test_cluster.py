@@ -21,8 +21,8 @@ from supervisor.errors import ConfigError
 from supervisor.tenants.cluster import Cluster, Member, fair_targets, hysteresis, plan_balance
 from supervisor.tenants.rows import TenantLoad
 from tenant_proc.spec import Secret, TenantSpec
-from tenant_proc.store_api import Checkpoint, LeaseLost
-from tenant_proc.store_supabase import SupabaseStore
+from tenant_proc.store.api import Checkpoint, LeaseLost
+from tenant_proc.store.supabase import SupabaseStore
 from tests.pg import PostgresDatabase
 from tests.postgrest_server import TEST_SERVICE_KEY, PostgrestServer
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from supervisor.config.load import load_config
-from tenant_proc.handlers import DEFAULT_COMMAND_TIMEOUT, command
+from tenant_proc.handlers import command
+from tenant_proc.handlers.command_runner import DEFAULT_COMMAND_TIMEOUT
 from tests.dovecot import make_message
 from tests.supervisor_run import SupervisorRun, TenantEntry, process_gone_within
 from tests.test_handlers import _context, _email

@@ -7,7 +7,7 @@ import time
 from multiprocessing.connection import Pipe
 
 from ipc import protocol
-from tenant_proc.control import Control
+from tenant_proc.process.control import Control
 
 
 def _beats(parent_end) -> list[dict]:

@@ -28,12 +28,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from imapclient.exceptions import LoginError
 
-from tenant_proc import connect, session as session_mod
-from tenant_proc.connect import ConnectionLost, FatalError
-from tenant_proc.control import StopRequested
-from tenant_proc.mailbox import Mailbox, Notice
+from tenant_proc import errors
+from tenant_proc import session as session_mod
+from tenant_proc.errors import ConnectionLost, FatalError
+from tenant_proc.imap import connect
+from tenant_proc.mail.mailbox import Mailbox, Notice
+from tenant_proc.process.control import StopRequested
+from tenant_proc.signin.login import login
 from tenant_proc.spec import ImapSettings, Secret, StateSpec, TenantSpec
-from tenant_proc.store import SqliteStore
+from tenant_proc.store.sqlite import SqliteStore
 from tests.dovecot import make_message
 from tests.faultlib import Appender, assert_exactly_once, maildir_deliver, write_spy
 from tests.supervisor_run import SupervisorRun, TenantEntry, process_gone_within
@@ -55,10 +58,10 @@ THROTTLED = "Request is throttled. Suggested Backoff Time: 299910 milliseconds"
 
 
 def test_suggested_backoff_is_parsed_from_exchange_throttling():
-    assert connect.suggested_backoff(f"b'{THROTTLED}'") == pytest.approx(299.91)
-    assert connect.suggested_backoff("BAD Request is throttled. Suggested Backoff Time: 92 ms") == 0.092
-    assert connect.suggested_backoff("[UNAVAILABLE] try later") is None
-    assert connect.suggested_backoff("Suggested Backoff Time: 99999999 milliseconds") == connect.MAX_SERVER_BACKOFF
+    assert errors.suggested_backoff(f"b'{THROTTLED}'") == pytest.approx(299.91)
+    assert errors.suggested_backoff("BAD Request is throttled. Suggested Backoff Time: 92 ms") == 0.092
+    assert errors.suggested_backoff("[UNAVAILABLE] try later") is None
+    assert errors.suggested_backoff("Suggested Backoff Time: 99999999 milliseconds") == errors.MAX_SERVER_BACKOFF
 
 
 def test_reconnect_delay_honours_the_server_and_jitters_otherwise():
@@ -128,9 +131,9 @@ def test_throttled_login_is_a_retry_not_an_auth_failure():
             raise LoginError(self.message)
 
     with pytest.raises(ConnectionLost, match="throttled"):
-        connect.login(Client(f"b'{THROTTLED}'"), spec_for())  # type: ignore[arg-type]
+        login(Client(f"b'{THROTTLED}'"), spec_for())  # type: ignore[arg-type]
     with pytest.raises(FatalError) as info:
-        connect.login(Client("b'[AUTHENTICATIONFAILED] Authentication failed.'"), spec_for())  # type: ignore[arg-type]
+        login(Client("b'[AUTHENTICATIONFAILED] Authentication failed.'"), spec_for())  # type: ignore[arg-type]
     assert info.value.kind == "auth" and "pw-not-shown" not in str(info.value)
     # The server's words, not imaplib's bytes repr of them.
     assert str(info.value).endswith(": [AUTHENTICATIONFAILED] Authentication failed."), str(info.value)
@@ -722,7 +725,7 @@ def _connect_errors(dovecot, closed_port: int) -> list[BaseException]:
                        imap=ImapSettings(connect_timeout=5, command_timeout=5))
     client = connect.open_client(wrong)
     try:
-        connect.login(client, wrong)
+        login(client, wrong)
     except FatalError as exc:
         errors.append(exc)
     finally:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tenant_proc.handler_loader import HandlerContext, HandlerError, load_handler, resolve_target
 from tenant_proc.handlers import command, jsonl
+from tenant_proc.handlers.loader import HandlerContext, HandlerError, load_handler, resolve_target
 from tenant_proc.message import Email
+from tenant_proc.process.title import cut_utf8, format_title
 from tenant_proc.spec import HandlerSpec, Secret, TenantSpec
-from tenant_proc.title import cut_utf8, format_title
 
 
 def _email(uid: int = 5, tenant: str = "acme") -> Email:
@@ -83,7 +83,7 @@ def test_command_failure_and_timeout_raise(tmp_path: Path) -> None:
         ("nocolon", "not of the form 'module:callable'"),
         ("no_such_module_x:f", "not found: cannot import no_such_module_x"),
         ("tenant_proc.handlers:nope", "not found: module tenant_proc.handlers has no attribute nope"),
-        ("tenant_proc.handlers:DEFAULT_COMMAND_TIMEOUT", "is not callable"),
+        ("tenant_proc.handlers.command_runner:DEFAULT_COMMAND_TIMEOUT", "is not callable"),
     ],
 )
 def test_resolve_target_errors(target: str, message: str) -> None:
@@ -138,7 +138,7 @@ def test_resolving_supabase_insert_preloads_supabase_for_the_children():
     import subprocess
     import sys
 
-    code = ("import sys; from tenant_proc.handler_loader import resolve_target; "
+    code = ("import sys; from tenant_proc.handlers.loader import resolve_target; "
             "resolve_target('tenant_proc.handlers:supabase_insert'); "
             "print('supabase' in sys.modules, 'httpx' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

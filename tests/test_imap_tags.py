@@ -1,5 +1,5 @@
 """A tenant process's login compiles no regex: the tag prefix is fixed, its regex cached in the
-parent before the fork (tenant_proc/imap_tags.py), on a real Dovecot TLS session."""
+parent before the fork (tenant_proc/imap/tags.py), on a real Dovecot TLS session."""
 from __future__ import annotations
 
 import imaplib
@@ -7,15 +7,16 @@ import re
 import sys
 from pathlib import Path
 
-from tenant_proc.connect import login, open_client  # must bring imap_tags in by itself
+from tenant_proc.imap.connect import open_client  # must bring imap_tags in by itself
+from tenant_proc.signin.login import login
 from tests.forked import run_in_fresh_process
 from tests.test_tenant_process import make_spec
 
-imap_tags = sys.modules.get("tenant_proc.imap_tags")
+imap_tags = sys.modules.get("tenant_proc.imap.tags")
 
 
 def test_a_forked_tenant_logs_in_without_compiling_a_regex(dovecot, tmp_path: Path):
-    assert imap_tags is not None, "tenant_proc.connect does not import imap_tags"
+    assert imap_tags is not None, "tenant_proc.imap.connect does not import imap_tags"
     dovecot.add_user("alice", "alice-pw")
     spec = make_spec(dovecot, tmp_path, user="alice")
 

@@ -1,7 +1,7 @@
 """return_free_memory() gives a process's freed heap back to the kernel (its USS drops)."""
 from __future__ import annotations
 
-from tenant_proc.memory import return_free_memory
+from tenant_proc.process.memory import return_free_memory
 from tests.forked import run_in_fresh_process
 
 

@@ -12,10 +12,10 @@ import pytest
 from postgrest.exceptions import APIError
 from supabase import Client
 
+from tenant_proc.http_clients.supabase import make_client
+from tests.pg import PostgresDatabase
 from tests.postgrest_server import TEST_ANON_KEY as SUPABASE_ANON_KEY
 from tests.postgrest_server import TEST_SERVICE_KEY as SUPABASE_SERVICE_KEY
-from tenant_proc.supabase_client import make_client
-from tests.pg import PostgresDatabase
 from tests.postgrest_server import PostgrestServer
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The tenant's reads leave the connection in quick-ACK mode (tenant_proc/quick_ack.py), on a real
+"""The tenant's reads leave the connection in quick-ACK mode (tenant_proc/imap/quick_ack.py), on a real
 Dovecot over TLS, STARTTLS and plain.
 
 Linux turns delayed ACKs back on by itself ("pingpong" mode) once a connection's exchanges look
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tenant_proc.beating_io import beat_while_reading
-from tenant_proc.connect import login, open_client
-from tenant_proc.fetching import survey
+from tenant_proc.imap.beating_io import beat_while_reading
+from tenant_proc.imap.connect import open_client
+from tenant_proc.imap.fetching import survey
+from tenant_proc.signin.login import login
 from tests.dovecot import make_message
 from tests.test_tenant_process import make_spec
 

@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import pytest
 
-from tenant_proc import connect
-from tenant_proc.connect import ConnectionLost
+from tenant_proc.errors import ConnectionLost
+from tenant_proc.imap import connect
 from tenant_proc.spec import ImapSettings, Secret, TenantSpec
 from tests.dovecot import Dovecot, make_message
 from tests.fault_proxy import FaultProxy
@@ -303,9 +303,9 @@ class _RenumberedClient:
 def test_reconcile_notices_a_uidvalidity_change_while_connected(tmp_path):
     """Dovecot ends a renumbered session itself ("IMAP session state is inconsistent"); other
     servers may not: the reconcile asks STATUS and resynchronises without a reconnect."""
-    from tenant_proc.mailbox import Mailbox
+    from tenant_proc.mail.mailbox import Mailbox
     from tenant_proc.session import Session
-    from tenant_proc.store import SqliteStore
+    from tenant_proc.store.sqlite import SqliteStore
     from tests.test_faults import _FakeControl, _NullLog
 
     spec = TenantSpec(id="t", name="T", host="h", port=993, security="tls", username="u",

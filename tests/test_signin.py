@@ -13,10 +13,12 @@ import pytest
 
 from supervisor.errors import ConfigError
 from supervisor.tenants.oauth_rows import oauth_spec_from_row
-from tenant_proc import signin
-from tenant_proc.connect import ConnectionLost, FatalError, login, open_client
+from tenant_proc.errors import ConnectionLost, FatalError
+from tenant_proc.imap.connect import open_client
 from tenant_proc.signin import errors
-from tenant_proc.signin.providers import TokenResponse, provider_for
+from tenant_proc.signin import login as signin
+from tenant_proc.signin.login import login
+from tenant_proc.signin.providers.base import TokenResponse, provider_for
 from tenant_proc.signin.storage import SqliteTokenStore, seed_hash
 from tenant_proc.signin.tokens import AccessToken, RequestBudget, TokenSource
 from tenant_proc.spec import OAuthSpec, Secret, StateSpec, TenantSpec
@@ -160,7 +162,7 @@ def test_a_store_failure_keeps_the_new_token_and_saves_it_at_the_next_login(tmp_
 
         def save(self, *args: Any) -> None:
             if self.fail:
-                from tenant_proc.store_api import StoreError
+                from tenant_proc.store.api import StoreError
                 raise StoreError("disk full")
             super().save(*args)
 
@@ -406,7 +408,7 @@ def test_non_ascii_password_without_plain_is_a_clear_auth_error(tmp_path: Path) 
 
 
 def test_preload_imports_oauth_libraries_only_when_a_tenant_uses_oauth(tmp_path: Path) -> None:
-    code = ("import sys; from tenant_proc import signin; from tests.test_signin import *; "
+    code = ("import sys; from tenant_proc.signin import login as signin; from tests.test_signin import *; "
             "p = tenant(None, __import__('pathlib').Path('.')); signin.preload([p]); "
             "assert 'authlib' not in sys.modules; "
             "o = tenant(oauth_spec({'provider': 'command', 'command': ['true']}), __import__('pathlib').Path('.')); "

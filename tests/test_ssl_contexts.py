@@ -5,7 +5,8 @@ import multiprocessing
 import os
 import time
 
-from tenant_proc import connect
+from tenant_proc import errors
+from tenant_proc.imap import connect, tls
 from tenant_proc.spec import Secret, TenantSpec
 
 
@@ -15,14 +16,14 @@ def spec(ca_file: str | None, security: str = "tls") -> TenantSpec:
 
 
 def _child_reports_identity(ca_file: str, conn) -> None:
-    conn.send(id(connect.ssl_context(ca_file)))
+    conn.send(id(tls.ssl_context(ca_file)))
     conn.close()
 
 
 def test_forked_tenant_reuses_the_parents_context(certs):
     ca = str(certs.ca_cert)
-    connect.preload_ssl_contexts([spec(ca), spec(None, security="plain")])
-    parent_id = id(connect.ssl_context(ca))
+    tls.preload_ssl_contexts([spec(ca), spec(None, security="plain")])
+    parent_id = id(tls.ssl_context(ca))
     ctx = multiprocessing.get_context("fork")
     here, there = ctx.Pipe()
     child = ctx.Process(target=_child_reports_identity, args=(ca, there))
@@ -34,16 +35,16 @@ def test_forked_tenant_reuses_the_parents_context(certs):
 def test_an_updated_ca_file_is_read_again(tmp_path, certs):
     ca = tmp_path / "ca.pem"
     ca.write_bytes(certs.ca_cert.read_bytes())
-    first = connect.ssl_context(str(ca))
-    assert connect.ssl_context(str(ca)) is first
+    first = tls.ssl_context(str(ca))
+    assert tls.ssl_context(str(ca)) is first
     later = time.time() + 5
     os.utime(ca, (later, later))
-    assert connect.ssl_context(str(ca)) is not first
+    assert tls.ssl_context(str(ca)) is not first
 
 
 def test_a_missing_ca_file_is_a_config_error(tmp_path):
     import pytest
 
-    with pytest.raises(connect.FatalError) as info:
+    with pytest.raises(errors.FatalError) as info:
         connect.open_client(spec(str(tmp_path / "gone.pem")))
     assert info.value.kind == "config" and "gone.pem" in info.value.reason

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tenant_proc.spec import StateSpec, Secret, TenantSpec
-from tenant_proc.store import SqliteStore, open_store
-from tenant_proc.store_api import Checkpoint, StoreError
+from tenant_proc.spec import Secret, StateSpec, TenantSpec
+from tenant_proc.store.api import Checkpoint, StoreError
+from tenant_proc.store.backend import open_store
+from tenant_proc.store.sqlite import SqliteStore
 
 
 def _store(tmp_path: Path) -> SqliteStore:

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tenant_proc.store import SqliteStore
+from tenant_proc.store.sqlite import SqliteStore
 from tests.postgrest_server import TEST_SERVICE_KEY
 
 
@@ -17,7 +17,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     if request.param == "sqlite":
         s: Any = SqliteStore(tmp_path / "checkpoints.sqlite3")
     else:
-        from tenant_proc.store_supabase import SupabaseStore
+        from tenant_proc.store.supabase import SupabaseStore
         from tests.test_supabase import add_company
 
         postgrest = request.getfixturevalue("postgrest")

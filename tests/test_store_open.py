@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tenant_proc.store import DB_NAME, SqliteStore
+from tenant_proc.store.sqlite import DB_NAME, SqliteStore
 
 PROCESSES = 8
 ROUNDS = 40  # the race lost about once in 25 opens of six at once on a 2-core machine

@@ -1,6 +1,6 @@
 """Issue 12 item 3: a slow Supabase never gets a healthy tenant killed as hung.
 
-Every state-store request is bounded as a whole (tenant_proc/http_deadline.py) by a timeout
+Every state-store request is bounded as a whole (tenant_proc/http_clients/deadline.py) by a timeout
 derived from heartbeat_timeout (supervisor/config/timeouts.py), and the store beats before each
 request. A request that runs out of time is the failure of that step: the email stays
 unhandled, the tenant reconnects, and once Supabase answers again the email is handled once.
@@ -19,8 +19,8 @@ import pytest
 
 from supervisor.config.settings import SupervisorSettings
 from supervisor.config.timeouts import store_request_timeout
-from tenant_proc.handler_loader import load_handler
-from tenant_proc.http_deadline import DeadlineClient
+from tenant_proc.handlers.loader import load_handler
+from tenant_proc.http_clients.deadline import DeadlineClient
 from tests.dovecot import make_message
 from tests.pg import PostgresDatabase
 from tests.postgrest_server import TEST_SERVICE_KEY, PostgrestServer

@@ -19,11 +19,11 @@ import pytest
 from supervisor.config.load import load_config
 from supervisor.errors import SourceError
 from supervisor.tenants.rows import build_tenant_specs
-from tenant_proc.handler_loader import HandlerContext, resolve_target
+from tenant_proc.handlers.loader import HandlerContext, resolve_target
 from tenant_proc.message import Email
 from tenant_proc.spec import Secret
-from tenant_proc.store_api import Checkpoint, StoreError
-from tenant_proc.store_supabase import SupabaseStore
+from tenant_proc.store.api import Checkpoint, StoreError
+from tenant_proc.store.supabase import SupabaseStore
 from tests.pg import PostgresDatabase, PostgresServer, migration_files
 from tests.postgrest_server import TEST_SERVICE_KEY, PostgrestServer
 
@@ -155,7 +155,7 @@ def test_retried_email_that_succeeds_becomes_processed(store: SupabaseStore, pg_
 
 def test_open_store_picks_supabase(postgrest: PostgrestServer) -> None:
     from tenant_proc.spec import StateSpec, TenantSpec
-    from tenant_proc.store import open_store
+    from tenant_proc.store.backend import open_store
 
     spec = TenantSpec(id="acme", name="Acme", host="h", port=1, security="plain", username="u",
                       password=Secret("pw"), state=StateSpec(backend="supabase", supabase_url=postgrest.url,

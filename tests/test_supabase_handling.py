@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tenant_proc.store import SqliteStore
-from tenant_proc.store_api import MAX_LEDGER_TEXT, LeaseLost
-from tenant_proc.store_supabase import SupabaseStore
+from tenant_proc.store.api import MAX_LEDGER_TEXT, LeaseLost
+from tenant_proc.store.sqlite import SqliteStore
+from tenant_proc.store.supabase import SupabaseStore
 from tests.pg import PostgresDatabase
 from tests.postgrest_server import TEST_SERVICE_KEY, PostgrestServer
 from tests.test_supabase import add_company

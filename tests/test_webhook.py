@@ -22,9 +22,9 @@ from typing import Any
 import psutil
 import pytest
 
-from tenant_proc.handler_loader import HandlerContext, PermanentHandlerError
 from tenant_proc.handlers import webhook
-from tenant_proc.handlers_webhook import WebhookError
+from tenant_proc.handlers.loader import HandlerContext, PermanentHandlerError
+from tenant_proc.handlers.webhook_sender import WebhookError
 from tenant_proc.message import Email
 from tests.dovecot import make_message
 from tests.supervisor_run import SupervisorRun, TenantEntry
@@ -168,7 +168,7 @@ def test_a_literal_secret_in_the_config_never_prints(tmp_path):
 def test_a_tenant_webhook_url_replaces_the_handler_url(tmp_path):
     from supervisor.config.load import load_config
     from supervisor.tenants.rows import build_tenant_specs
-    from tenant_proc.handler_loader import load_handler
+    from tenant_proc.handlers.loader import load_handler
 
     path = tmp_path / "config.toml"
     path.write_text('[handler]\ntarget = "tenant_proc.handlers:webhook"\nurl = "https://all.example/"\n'

@@ -42,9 +42,9 @@ from supervisor.service.control import ControlServer
 from supervisor.service.metrics import LatencyHistogram, MetricsError, MetricsServer
 from supervisor.service.pidfile import PidFile
 from supervisor.tenants.cluster import make_cluster
-from tenant_proc import signin
-from tenant_proc.connect import preload_ssl_contexts
-from tenant_proc.handler_loader import HandlerError, resolve_target
+from tenant_proc.handlers.loader import HandlerError, resolve_target
+from tenant_proc.imap.tls import preload_ssl_contexts
+from tenant_proc.signin import login as signin
 
 log = logging.getLogger("supervisor")
 

@@ -16,7 +16,7 @@ from supervisor.children.records import State, StopReason, TenantRecord, diff_te
 from supervisor.errors import ConfigError, SourceError
 from supervisor.tenants.sources import load_tenants
 from tenant_proc.deps import MissingDependency
-from tenant_proc.handler_loader import HandlerError, resolve_target
+from tenant_proc.handlers.loader import HandlerError, resolve_target
 
 log = logging.getLogger("supervisor")
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from ipc import protocol
 from ipc.framing import FrameReader, FrameWriter
+from ipc.poll import readable_fds
 from supervisor.children.entry import child_entry
-from tenant_proc.control import readable_fds
 from tenant_proc.spec import TenantSpec
 
 

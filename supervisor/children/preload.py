@@ -20,5 +20,5 @@ SUPABASE_INSTALL = "pip install 'supabase>=2.34,<3' 'httpx>=0.28' (or reinstall 
 def preload_backends(config: Config) -> None:
     """Import what the tenants will need; MissingDependency (one line, exit 2) if it is absent."""
     if config.state.backend == "supabase" or config.tenants.source == "supabase":
-        require("tenant_proc.store_supabase", "Supabase ([tenants] source / [state] backend)",
+        require("tenant_proc.store.supabase", "Supabase ([tenants] source / [state] backend)",
                 SUPABASE_INSTALL)

@@ -19,8 +19,8 @@ from supervisor.cli.args import PROG, load, with_config
 from supervisor.config.settings import Config
 from supervisor.errors import ConfigError
 from supervisor.service.pidfile import read_pid
-from tenant_proc.failed_ledger import FailedEmail, FailedLedger, ledger_for
-from tenant_proc.store_api import StoreError
+from tenant_proc.store.api import StoreError
+from tenant_proc.store.failed_ledger import FailedEmail, FailedLedger, ledger_for
 
 
 def add_commands(sub: Any) -> None:
@@ -78,14 +78,14 @@ def open_ledger(config: Config) -> Iterator[FailedLedger]:
     """The configured ledger, through the same store class the tenants use."""
     try:
         if config.state.backend == "supabase":
-            from tenant_proc.store_supabase import SupabaseStore
+            from tenant_proc.store.supabase import SupabaseStore
 
             if config.state.supabase_key is None:
                 raise ConfigError("[state] backend = \"supabase\" needs SUPABASE_URL and "
                                   "SUPABASE_SERVICE_ROLE_KEY")
             store: Any = SupabaseStore(config.state.supabase_url, config.state.supabase_key.reveal())
         else:
-            from tenant_proc.store import DB_NAME, SqliteStore
+            from tenant_proc.store.sqlite import DB_NAME, SqliteStore
 
             path = Path(config.supervisor.state_dir) / DB_NAME
             if not path.exists():

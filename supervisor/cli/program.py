@@ -173,7 +173,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     """Live instances (seen within lease_ttl) and how many companies each holds."""
     from supervisor.tenants.companies import TIMEOUT
-    from tenant_proc.supabase_client import close_client, describe_error, make_client
+    from tenant_proc.http_clients.supabase import close_client, describe_error, make_client
 
     _, config = load(args)
     if config.state.backend != "supabase" or config.state.supabase_key is None:

@@ -12,7 +12,8 @@ import os
 import socket
 import time
 
-log = logging.getLogger("supervisor.sdnotify")  # the name operators filter on, kept from before the move
+# The logger keeps the name it had before the module moved into service/: operators filter on it.
+log = logging.getLogger("supervisor.sdnotify")
 
 _ENV_KEYS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 _saved: dict[str, str] = {}  # values taken out of os.environ by forget_notify_socket()

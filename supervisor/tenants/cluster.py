@@ -325,7 +325,7 @@ class Cluster:
     @contextmanager
     def _client(self) -> Iterator[Any]:
         # A client per round, closed before returning: no socket is left for a fork to copy.
-        from tenant_proc.supabase_client import close_client, make_client
+        from tenant_proc.http_clients.supabase import close_client, make_client
 
         client = make_client(self._url, self._key.reveal(), timeout=self.timeout)
         try:
@@ -338,7 +338,7 @@ class Cluster:
         return client.rpc(name, params).execute().data
 
     def _describe(self, exc: BaseException) -> str:
-        from tenant_proc.supabase_client import describe_error
+        from tenant_proc.http_clients.supabase import describe_error
 
         return describe_error(exc, self._key.reveal())
 

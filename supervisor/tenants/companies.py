@@ -45,7 +45,7 @@ TIMEOUT = 10.0  # seconds per request; the supervisor loop waits at most this pe
 def fetch_company_rows(url: str, key: Secret) -> list[dict[str, Any]]:
     """Active companies as tenant rows, ordered by id. Raises SourceError (one line, no key)."""
     # Imported here so that file-only installs never need supabase-py.
-    from tenant_proc.supabase_client import close_client, describe_error, make_client, scrub
+    from tenant_proc.http_clients.supabase import close_client, describe_error, make_client, scrub
 
     secret = key.reveal()
     try:

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from supervisor.errors import ConfigError
-from tenant_proc.connect import is_loopback
+from tenant_proc.loopback import is_loopback
 from tenant_proc.spec import AUTH_METHODS, OAuthSpec, Secret
 
 FLOWS = {

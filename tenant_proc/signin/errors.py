@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from tenant_proc.connect import ConnectionLost, FatalError
+from tenant_proc.errors import ConnectionLost, FatalError
 from tenant_proc.spec import Secret, TenantSpec
 
 MAX_DESCRIPTION = 200  # an IdP's error_description is useful; its trace ids and timestamps are not

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from tenant_proc.spec import Secret, TenantSpec
-from tenant_proc.store_api import StoreError
+from tenant_proc.store.api import StoreError
 
 TABLE = "oauth_tokens"
 SQLITE_SCHEMA = f"""
@@ -52,7 +52,7 @@ def open_token_store(spec: TenantSpec) -> TokenStore:
     if spec.state.backend == "supabase":
         key = spec.state.supabase_key.reveal() if spec.state.supabase_key else ""
         return SupabaseTokenStore(spec.state.supabase_url, key)
-    from tenant_proc.store import DB_NAME
+    from tenant_proc.store.sqlite import DB_NAME
 
     return SqliteTokenStore(Path(spec.state.state_dir) / DB_NAME)
 
@@ -62,9 +62,9 @@ class SqliteTokenStore:
         self.path = path
 
     def _connect(self) -> sqlite3.Connection:
-        from tenant_proc.store import _prepare_file
+        from tenant_proc.store.sqlite import prepare_file
 
-        _prepare_file(self.path)
+        prepare_file(self.path)
         db = sqlite3.connect(str(self.path), timeout=5.0, isolation_level=None)
         db.execute("PRAGMA busy_timeout = 5000")
         db.execute(SQLITE_SCHEMA)
@@ -107,8 +107,8 @@ class SupabaseTokenStore:
         return f"SupabaseTokenStore(url={self._url!r})"
 
     def _call(self, what: str, tenant_id: str, action, token: Secret | None = None) -> object:
+        from tenant_proc.http_clients.supabase import close_client, describe_error, make_client
         from tenant_proc.signin.errors import scrub
-        from tenant_proc.supabase_client import close_client, describe_error, make_client
 
         try:
             client = make_client(self._url, self._key, timeout=10.0)

@@ -18,12 +18,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from tenant_proc.connect import ConnectionLost, FatalError
+from tenant_proc.errors import ConnectionLost, FatalError
 from tenant_proc.signin import errors
-from tenant_proc.signin.providers import Fetch, TokenResponse, provider_for, uses_refresh_token
+from tenant_proc.signin.providers.base import Fetch, TokenResponse, provider_for, uses_refresh_token
 from tenant_proc.signin.storage import TokenStore, open_token_store, seed_hash
 from tenant_proc.spec import Secret, TenantSpec
-from tenant_proc.store_api import StoreError
+from tenant_proc.store.api import StoreError
 
 REFRESH_MARGIN = 300.0  # seconds: refresh when less is left...
 REFRESH_FRACTION = 0.2  # ...or less than this share of the token's lifetime

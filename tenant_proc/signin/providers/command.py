@@ -13,9 +13,9 @@ import os
 import signal
 import subprocess
 
-from tenant_proc.connect import ConnectionLost, FatalError
+from tenant_proc.errors import ConnectionLost, FatalError
 from tenant_proc.signin import errors
-from tenant_proc.signin.providers import DEFAULT_LIFETIME, TokenResponse
+from tenant_proc.signin.providers.base import DEFAULT_LIFETIME, TokenResponse
 from tenant_proc.signin.providers.http import parse_answer
 from tenant_proc.spec import Secret, TenantSpec
 

@@ -15,10 +15,11 @@ import warnings
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from tenant_proc.connect import ConnectionLost, FatalError, MAX_SERVER_BACKOFF, ssl_context
 from tenant_proc.deps import MissingDependency, require
+from tenant_proc.errors import MAX_SERVER_BACKOFF, ConnectionLost, FatalError
+from tenant_proc.imap.tls import ssl_context
 from tenant_proc.signin import errors
-from tenant_proc.signin.providers import DEFAULT_LIFETIME, TokenResponse
+from tenant_proc.signin.providers.base import DEFAULT_LIFETIME, TokenResponse
 from tenant_proc.spec import Secret, TenantSpec
 
 INSTALL = "pip install 'authlib>=1.3' httpx"

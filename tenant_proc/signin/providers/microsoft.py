@@ -12,9 +12,9 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from tenant_proc.connect import FatalError
+from tenant_proc.errors import FatalError
 from tenant_proc.signin import errors
-from tenant_proc.signin.providers import TokenResponse
+from tenant_proc.signin.providers.base import TokenResponse
 from tenant_proc.signin.providers.http import libraries, request_token
 from tenant_proc.spec import Secret, TenantSpec
 

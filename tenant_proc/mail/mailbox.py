@@ -15,16 +15,15 @@ from typing import Any, Callable, NoReturn
 from imapclient import IMAPClient
 
 from ipc import protocol
-from tenant_proc.connect import ConnectionLost
-from tenant_proc.control import Control
-from tenant_proc.fetching import FetchBroken, batches, connection_broken, fetch_bodies, survey
-from tenant_proc.handler_loader import LoadedHandler, PermanentHandlerError
+from tenant_proc.errors import ConnectionLost
+from tenant_proc.handlers.loader import LoadedHandler, PermanentHandlerError
+from tenant_proc.imap.fetching import FetchBroken, batches, connection_broken, fetch_bodies, survey
+from tenant_proc.mail.processed_rows import HeldProcessedRow
+from tenant_proc.mail.uidvalidity import restart_point
 from tenant_proc.message import Envelope, parse_email
-from tenant_proc.processed_rows import HeldProcessedRow
+from tenant_proc.process.control import Control
 from tenant_proc.spec import TenantSpec
-from tenant_proc.store import DONE_STATUSES
-from tenant_proc.store_api import Checkpoint, StateStore
-from tenant_proc.uidvalidity import restart_point
+from tenant_proc.store.api import DONE_STATUSES, Checkpoint, StateStore
 
 # The next UID's first bytes ride along with the size FETCH (never more than max_message_bytes):
 # most email is smaller, and is then handled after one round trip instead of two.
@@ -65,7 +64,7 @@ class Mailbox:
         # After a UIDVALIDITY change: UIDs up to this are checked against the ledger by
         # Message-ID (uidvalidity.py). Stored where the backend can, else for this process.
         self.dedupe_until: int | None = None
-        self.replay: Any = None  # tenant_proc.replay.Replayer: runs after every catch-up
+        self.replay: Any = None  # tenant_proc.mail.replay.Replayer: runs after every catch-up
         # The processed row of the last email handled, until the next "handling" mark.
         self.held_row = HeldProcessedRow(store, spec.id, spec.folder, self._recorded)
 

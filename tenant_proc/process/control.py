@@ -14,7 +14,8 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Iterable
 
 from ipc import procstat, protocol
-from tenant_proc.title import set_title
+from ipc.poll import readable_fds
+from tenant_proc.process.title import set_title
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Waiting on the server with nothing to say: heartbeats every idle_heartbeat_interval. Every
@@ -52,7 +53,7 @@ class Control:
         self.stop_reason: str | None = None
         self.signals_seen = 0
         self._next_heartbeat = 0.0
-        # The parent's `replay` message (after `idle-supervisor retry`): tenant_proc/replay.py.
+        # The parent's `replay` message (after `idle-supervisor retry`): tenant_proc/mail/replay.py.
         self.on_replay: Callable[[], None] | None = None
         self._replays = 0
         self._wake_r, self._wake_w = socket.socketpair()
@@ -253,13 +254,3 @@ class Control:
                         self.on_replay()
         except (EOFError, OSError):
             self.request_stop("parent pipe closed")
-
-
-def readable_fds(fds: list[int], timeout: float) -> set[int]:
-    """poll(), not select(): a tenant forked after hundreds of siblings holds fds above 1024,
-    which select() cannot watch (FD_SETSIZE)."""
-    poller = select.poll()
-    for fd in fds:
-        poller.register(fd, select.POLLIN)
-    # POLLHUP/POLLERR count as readable: the read that follows reports EOF or the error.
-    return {fd for fd, _ in poller.poll(max(timeout, 0.0) * 1000)}

@@ -1,4 +1,7 @@
-"""Handlers shipped with the product. Each is called as handler(email, context)."""
+"""The simplest shipped handlers: jsonl (one JSON line per email in a shared file), log and null.
+
+Each is called as handler(email, context); users name them `tenant_proc.handlers:jsonl` etc.
+(handlers/__init__.py)."""
 from __future__ import annotations
 
 import fcntl
@@ -9,8 +12,7 @@ from typing import Any
 
 import orjson
 
-from tenant_proc.handler_loader import HandlerContext
-from tenant_proc.handlers_command import DEFAULT_COMMAND_TIMEOUT, command  # noqa: F401 (a shipped handler)
+from tenant_proc.handlers.loader import HandlerContext
 from tenant_proc.message import Email
 
 
@@ -78,17 +80,3 @@ def log(email: Email, context: HandlerContext) -> None:
 
 def null(email: Email, context: HandlerContext) -> None:
     """Does nothing: measures the supervisor without handler cost."""
-
-
-def __getattr__(name: str) -> Any:
-    """`tenant_proc.handlers:supabase_insert`, imported on first use only, so that users of the
-    other handlers never load supabase-py (PEP 562 module __getattr__)."""
-    if name == "supabase_insert":
-        from tenant_proc.handlers_supabase import supabase_insert
-
-        return supabase_insert
-    if name == "webhook":
-        from tenant_proc.handlers_webhook import webhook
-
-        return webhook
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

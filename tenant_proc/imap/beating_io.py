@@ -15,8 +15,8 @@ from typing import Callable
 
 from imapclient import IMAPClient
 
-from tenant_proc.control import readable_fds
-from tenant_proc.quick_ack import QuickAck
+from ipc.poll import readable_fds
+from tenant_proc.imap.quick_ack import QuickAck
 
 SLICE = 1.0  # seconds between "is a heartbeat due?" checks while a read waits
 

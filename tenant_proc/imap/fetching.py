@@ -20,7 +20,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from imapclient.response_parser import parse_fetch_response
 
-from tenant_proc.connect import suggested_backoff
+from tenant_proc.errors import suggested_backoff
 
 # Server words for "not now" rather than "not this email": waiting helps, counting attempts
 # against the email would get it recorded failed for the server's trouble.

@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tenant_proc.handler_loader import HandlerContext
+from tenant_proc.handlers.loader import HandlerContext
 from tenant_proc.message import Email
 
 try:
     # Imported with this module, which the supervisor resolves before it forks: every tenant
     # then shares supabase-py's pages instead of importing its own copy (several MB each).
-    import tenant_proc.supabase_client  # noqa: F401
+    import tenant_proc.http_clients.supabase  # noqa: F401
 except ImportError:  # not installed: SupabaseInsert reports it at load, as one clear line
     pass
 
@@ -38,7 +38,7 @@ class SupabaseInsert:
             # Raised at load: the tenant reports one clear line instead of failing every email.
             raise ValueError(f"supabase_insert needs {url_env} and {key_env} in the environment")
         try:  # fail at load with one clear line, not at every email, if the extra is missing
-            import tenant_proc.supabase_client  # noqa: F401
+            import tenant_proc.http_clients.supabase  # noqa: F401
         except ImportError:
             raise ValueError(
                 "supabase_insert needs the supabase package: pip install 'supabase>=2.34,<3'"
@@ -49,7 +49,7 @@ class SupabaseInsert:
         return f"SupabaseInsert(table={self.table!r}, url={self._url!r})"
 
     def __call__(self, email: Email, context: HandlerContext) -> None:
-        from tenant_proc.supabase_client import describe_error, make_client
+        from tenant_proc.http_clients.supabase import describe_error, make_client
 
         try:
             if self._client is None:
@@ -66,7 +66,7 @@ class SupabaseInsert:
 
     def close(self) -> None:
         if self._client is not None:
-            from tenant_proc.supabase_client import close_client
+            from tenant_proc.http_clients.supabase import close_client
 
             close_client(self._client)
             self._client = None

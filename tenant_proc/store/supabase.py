@@ -13,7 +13,7 @@ back or overwrite a finished ledger row:
   (store_api.py): a write failing after the handler ran, or a death, hands the email over
   again as redelivered and counts the attempt, instead of re-running the handler unmarked.
 
-Created inside the tenant process, after the fork (see store.open_store): nothing inherited.
+Created inside the tenant process, after the fork (see backend.open_store): nothing inherited.
 
 [cluster]: with a fencing token (spec.fencing_token) every write goes through the fenced_* SQL
 functions of sql/002_cluster.sql instead, each one transaction that first checks the company's
@@ -27,23 +27,23 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from tenant_proc.http_clients.supabase import close_client, describe_error, make_client
 from tenant_proc.spec import StateSpec
-from tenant_proc.store_api import Checkpoint, LeaseLost, StoreError, ledger_text
-from tenant_proc.supabase_client import close_client, describe_error, make_client
+from tenant_proc.store.api import DONE_STATUSES, Checkpoint, LeaseLost, StoreError, ledger_text
 
-log = logging.getLogger(__name__)
+# The logger keeps the name it had before the store moved into a folder: operators filter on it.
+log = logging.getLogger("tenant_proc.store_supabase")
 
 CHECKPOINTS = "imap_checkpoints"
 LEDGER = "processed_emails"
 LEDGER_KEY = "company_id,folder,uidvalidity,uid"
 CHECKPOINT_KEY = "company_id,folder"
 # sql/003 allows expunged (gone before the FETCH) and duplicate (Message-ID already handled).
-DONE_STATUSES = ("processed", "failed", "expunged", "duplicate")
 UNFINISHED_STATUSES = ("retrying", "handling")
 ATTEMPT_RETRIES = 5  # optimistic-concurrency rounds for the attempts counter
 
 
-# One request, as a whole (tenant_proc/http_deadline.py): a tenant blocked in one request sends
+# One request, as a whole (tenant_proc/http_clients/deadline.py): a tenant blocked in one request sends
 # no heartbeat, so the supervisor derives the bound from heartbeat_timeout
 # (supervisor/config/timeouts.py, StateSpec.request_timeout). Between requests the store beats
 # (keepalive), so a chain of slow requests (mark_done makes up to four) never adds up to a

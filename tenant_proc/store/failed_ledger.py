@@ -1,7 +1,7 @@
 """Failed emails in the ledger: list them, mark them for another round, claim them for replay.
 
 Used from both sides: `idle-supervisor failed` / `retry` (supervisor/cli/failed.py) list and
-mark, the tenant process (tenant_proc/replay.py) claims what was marked and reports how many of
+mark, the tenant process (tenant_proc/mail/replay.py) claims what was marked and reports how many of
 its emails are `failed`. Works on the same ledger the mailbox writes (store.SqliteStore's
 `ledger` table or Supabase's processed_emails), through the store's own connection.
 
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol, Sequence
 
-from tenant_proc.store_api import StoreError
+from tenant_proc.store.api import StoreError
 
 MAX_ROWS = 1000  # one listing or count; a tenant with more failed mail has bigger problems
 REPLAY_IN_PROGRESS = ("replay", "retrying", "handling")
@@ -157,7 +157,7 @@ class SupabaseFailedLedger:
         return len(rows)
 
     def _table(self) -> Any:
-        from tenant_proc.store_supabase import LEDGER
+        from tenant_proc.store.supabase import LEDGER
 
         return self._client.table(LEDGER)
 

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from imapclient import IMAPClient
 
 from tenant_proc.spec import TenantSpec
-from tenant_proc.store_api import Checkpoint, StateStore
+from tenant_proc.store.api import Checkpoint, StateStore
 
 DAY = 86400.0
 

@@ -1,7 +1,7 @@
 """The tenant's login step: a password (LOGIN, or AUTHENTICATE PLAIN for non-ASCII) or an OAuth2
 access token over SASL XOAUTH2 / OAUTHBEARER (RFC 7628).
 
-connect.login() calls login() for the session, every reconnect and `check`. The token source of
+The session calls login() at every (re)connect, and `check` once. The token source of
 each tenant lives for the whole process (tokens.py), so a reconnect after Google ended the
 session at token expiry logs in with a refreshed token, in-process. The OAuth libraries are
 imported only here and in providers/, lazily; preload() imports them in the supervisor before it
@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
-from tenant_proc.connect import ConnectionLost, FatalError, suggested_backoff
+from tenant_proc.errors import ConnectionLost, FatalError, suggested_backoff
 from tenant_proc.spec import TenantSpec
 
 MECHANISMS = {"xoauth2": "XOAUTH2", "oauthbearer": "OAUTHBEARER"}
@@ -48,7 +48,7 @@ def preload(specs: Iterable[TenantSpec]) -> None:
     oauth = [spec for spec in specs if spec.auth != "password" and spec.oauth is not None]
     if not oauth:
         return
-    from tenant_proc.connect import ssl_context
+    from tenant_proc.imap.tls import ssl_context
     from tenant_proc.signin.providers import http
 
     try:

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import orjson
 
-from tenant_proc.handler_loader import HandlerContext, PermanentHandlerError
+from tenant_proc.handlers.loader import HandlerContext, PermanentHandlerError
 from tenant_proc.message import Email
 from tenant_proc.spec import Secret
 

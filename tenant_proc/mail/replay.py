@@ -1,6 +1,6 @@
 """Hand over again the emails an operator marked with `idle-supervisor retry`.
 
-The marks are ledger rows (tenant_proc/failed_ledger.py). A tenant looks for them when it starts
+The marks are ledger rows (tenant_proc/store/failed_ledger.py). A tenant looks for them when it starts
 (so a retry made while the supervisor was stopped works the same) and whenever the supervisor
 forwards a `replay` message (sent after the SIGHUP that `retry` gives it). The replay runs at the
 end of a catch-up, when the IMAP connection is free: the marked UIDs, oldest first, are fetched
@@ -16,14 +16,14 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from tenant_proc.control import Control
-from tenant_proc.fetching import fetch_bodies
-from tenant_proc.failed_ledger import ledger_for
+from tenant_proc.imap.fetching import fetch_bodies
+from tenant_proc.process.control import Control
+from tenant_proc.store.failed_ledger import ledger_for
 
 if TYPE_CHECKING:
     from imapclient import IMAPClient
 
-    from tenant_proc.mailbox import Mailbox, Notice
+    from tenant_proc.mail.mailbox import Mailbox, Notice
 
 FAILED_GAUGE = "failed_in_ledger"
 

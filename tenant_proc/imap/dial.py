@@ -14,8 +14,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from imapclient import IMAPClient, SocketTimeout
-from imapclient import imap4, tls
+from imapclient import IMAPClient, SocketTimeout, imap4, tls
 
 Address = tuple[Any, ...]  # one getaddrinfo() entry
 

@@ -28,7 +28,8 @@ from email.headerregistry import HeaderRegistry
 from email.message import Message
 from typing import Any
 
-log = logging.getLogger(__name__)
+# The logger keeps the name it had before the parser moved into message/: operators filter on it.
+log = logging.getLogger("tenant_proc.message")
 
 # RFC 5322 lines stop at 998 characters; a real Subject or Message-ID is far below these.
 MAX_RAW_HEADER_CHARS = 16 * 1024  # what is parsed at all (the registry is not linear on junk)

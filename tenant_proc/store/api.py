@@ -14,7 +14,7 @@ Semantics the mailbox loop relies on:
   and mark_done() is seen after the restart and the email handed over as `redelivered`, and a
   death while handling counts as an attempt (an email that kills its process is given up after
   max_attempts). Both backends have it (Supabase since sql/006_faults_mail.sql).
-- Optional, for Message-ID deduplication and UIDVALIDITY changes (tenant_proc/uidvalidity.py):
+- Optional, for Message-ID deduplication and UIDVALIDITY changes (tenant_proc/mail/uidvalidity.py):
   handled_message_id(tenant_id, message_id, since=None, not_uidvalidity=None) -> bool,
   last_handled_at(tenant_id, folder, uidvalidity) -> epoch | None (both backends), and
   save_reprocess_until / load_reprocess_until (SQLite: the reprocessing range survives a
@@ -27,6 +27,9 @@ Semantics the mailbox loop relies on:
 from __future__ import annotations
 
 from typing import NamedTuple, Protocol
+
+# A ledger row in one of these is finished: handed over (or given up on) once, never again.
+DONE_STATUSES = ("processed", "failed", "expunged", "duplicate")
 
 
 MAX_LEDGER_TEXT = 2000  # a Message-ID is ~60 characters; a handler's error text is cut here

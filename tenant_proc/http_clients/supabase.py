@@ -12,7 +12,7 @@ import httpx
 from postgrest.exceptions import APIError
 from supabase import Client, ClientOptions, create_client
 
-from tenant_proc.http_deadline import DeadlineClient
+from tenant_proc.http_clients.deadline import DeadlineClient
 
 # httpx logs every request at INFO: one line per checkpoint write would bury the supervisor's own
 # log, and a URL is not something to log wholesale. Failures still surface as our one-line errors.
@@ -29,7 +29,7 @@ def make_client(url: str, key: str, timeout: float = READ_TIMEOUT,
     """A client with no hidden retries (callers retry on their own schedule) and bounded waits.
 
     total_timeout: each request ends within this many seconds as a whole, however slowly the
-    server answers (tenant_proc/http_deadline.py); without it only each wait is bounded."""
+    server answers (tenant_proc/http_clients/deadline.py); without it only each wait is bounded."""
     if total_timeout is not None:
         http: httpx.Client = DeadlineClient(total_timeout, connect=min(CONNECT_TIMEOUT, timeout),
                                             follow_redirects=True)

@@ -24,7 +24,7 @@ import subprocess
 import time
 from typing import Any
 
-from tenant_proc.handler_loader import HandlerContext
+from tenant_proc.handlers.loader import HandlerContext
 from tenant_proc.message import Email
 
 DEFAULT_COMMAND_TIMEOUT = 20.0

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from tenant_proc.spec import TenantSpec
-from tenant_proc.store_api import Checkpoint, StateStore, StoreError, ledger_text
+from tenant_proc.store.api import DONE_STATUSES, Checkpoint, StoreError, ledger_text
 
 DB_NAME = "checkpoints.sqlite3"
 WAL_SWITCH_DEADLINE = 5.0  # seconds, as the busy timeout
@@ -55,28 +54,15 @@ CREATE TABLE IF NOT EXISTS reprocess (
 # "handling" row says a handler was called and has not returned (yet, or ever: a crash).
 # "expunged": gone from the mailbox before it could be fetched (confirmed by UID SEARCH);
 # "duplicate": its Message-ID was handled already (dedupe window, UIDVALIDITY reprocessing).
-DONE_STATUSES = ("processed", "failed", "expunged", "duplicate")
 _DONE_SQL = ", ".join(f"'{s}'" for s in DONE_STATUSES)
 _INSERT_HANDLING = ("INSERT INTO ledger VALUES (?, ?, ?, ?, NULL, 'handling', 0, NULL, ?) "
                     "ON CONFLICT (tenant_id, folder, uidvalidity, uid) DO NOTHING")
 T = TypeVar("T")
 
 
-def open_store(spec: TenantSpec, keepalive: Callable[[], None] | None = None) -> StateStore:
-    """keepalive: called before each request of a networked store (a heartbeat when due)."""
-    if spec.state.backend == "supabase":
-        # Imported lazily: the SQLite path must not need the supabase package installed.
-        from tenant_proc.store_supabase import SupabaseStore
-
-        key = spec.state.supabase_key.reveal() if spec.state.supabase_key else ""
-        return SupabaseStore(spec.state.supabase_url, key, timeout=spec.state.request_timeout,
-                             fencing_token=spec.fencing_token, keepalive=keepalive)
-    return SqliteStore(Path(spec.state.state_dir) / DB_NAME)
-
-
 class SqliteStore:
     def __init__(self, path: Path) -> None:
-        _prepare_file(path)
+        prepare_file(path)
         try:
             # isolation_level=None: we write BEGIN/COMMIT ourselves so each call is one transaction.
             self._db = sqlite3.connect(str(path), timeout=5.0, isolation_level=None)
@@ -333,7 +319,7 @@ def _enable_wal(db: sqlite3.Connection) -> None:
             time.sleep(WAL_SWITCH_RETRY_PAUSE)
 
 
-def _prepare_file(path: Path) -> None:
+def prepare_file(path: Path) -> None:
     """Create the state dir 0700 and the database 0600: the ledger names senders and subjects."""
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -1,43 +1,27 @@
-"""Open, secure and log in one IMAP connection: shared by the tenant session and `check`.
+"""Open and secure one IMAP connection (no login: tenant_proc/signin does that), shared by the
+tenant session and `check`.
 
 Every failure becomes one of two exceptions with a one-line reason (never a secret):
-FatalError (a restart cannot fix it: credentials, certificate, policy, missing STARTTLS) or
-ConnectionLost (network, server busy: try again later).
+FatalError (a restart cannot fix it: certificate, policy, missing STARTTLS) or ConnectionLost
+(network, server busy: try again later); both are defined in tenant_proc/errors.py.
 """
 from __future__ import annotations
 
-import ipaddress
-import os
-import re
 import socket
 import ssl
-from typing import Callable, Iterable
+from typing import Callable
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import CapabilityError
 
-from tenant_proc import imap_tags  # noqa: F401  (before any IMAPClient: see the module)
-from tenant_proc.dial import dial
+from tenant_proc.errors import ConnectionLost, FatalError
+from tenant_proc.imap import tags  # noqa: F401  (before any IMAPClient: see the module)
+from tenant_proc.imap.dial import dial
+from tenant_proc.imap.tls import ssl_context
+from tenant_proc.loopback import is_loopback
 from tenant_proc.spec import TenantSpec
 
 SECURITY_LABELS = {"tls": "TLS", "starttls": "STARTTLS", "plain": "plain text"}
-# Exchange/Office 365 throttling: "BAD Request is throttled. Suggested Backoff Time: 299910
-# milliseconds" (also as NO, often followed by BYE). The server says how long; believe it.
-THROTTLE_RE = re.compile(r"Suggested Backoff Time:\s*(\d+)", re.IGNORECASE)
-MAX_SERVER_BACKOFF = 900.0  # never sleep longer than the failed-tenant backoff on its word
-
-
-class FatalError(Exception):
-    """Retrying will not help: auth or config. kind is "auth" or "config"."""
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
-
-
-class ConnectionLost(Exception):
-    """The connection failed or dropped; an in-process reconnect may succeed."""
 
 
 def check_policy(spec: TenantSpec) -> None:
@@ -49,38 +33,10 @@ def check_policy(spec: TenantSpec) -> None:
         )
 
 
-_contexts: dict[tuple[str | None, float], ssl.SSLContext] = {}
-
-
-def ssl_context(ca_file: str | None) -> ssl.SSLContext:
-    """One verifying context per trust store, cached.
-
-    The supervisor builds them before forking (preload_ssl_contexts), so every tenant shares
-    the parent's copy: the system trust store alone costs a tenant ~3.8 MB when each process
-    parses it itself. Keyed by the CA file's mtime so an updated private CA is reread.
-    """
-    key = (ca_file, os.stat(ca_file).st_mtime if ca_file else 0.0)
-    context = _contexts.get(key)
-    if context is None:
-        context = ssl.create_default_context(cafile=ca_file)
-        _contexts[key] = context
-    return context
-
-
-def preload_ssl_contexts(specs: Iterable[TenantSpec]) -> None:
-    """Parent side, before forking: build every context the tenants about to start will use."""
-    for spec in specs:
-        if spec.security != "plain":
-            try:
-                ssl_context(spec.ca_file)
-            except (OSError, ssl.SSLError):
-                pass  # the tenant reports the problem itself, as one clear line
-
-
 def open_client(spec: TenantSpec, keepalive: Callable[[], None] | None = None) -> IMAPClient:
     """Connect and secure (TLS or STARTTLS, certificate and host name verified); no login yet.
 
-    DNS, TCP, TLS and the greeting are bounded by connect_timeout (tenant_proc/dial.py);
+    DNS, TCP, TLS and the greeting are bounded by connect_timeout (tenant_proc/imap/dial.py);
     keepalive runs while the lookup is waited for."""
     check_policy(spec)
     try:
@@ -107,21 +63,6 @@ def open_client(spec: TenantSpec, keepalive: Callable[[], None] | None = None) -
     return client
 
 
-def login(client: IMAPClient, spec: TenantSpec):  # -> tenant_proc.signin.SignIn
-    """Log in with the tenant's method (password, XOAUTH2, OAUTHBEARER): tenant_proc/signin."""
-    from tenant_proc.signin import login as sign_in  # signin imports this module: import late
-
-    return sign_in(client, spec)
-
-
-def suggested_backoff(text: str) -> float | None:
-    """Seconds the server asked us to wait ("Suggested Backoff Time: N ms"), or None."""
-    match = THROTTLE_RE.search(text)
-    if match is None:
-        return None
-    return min(int(match.group(1)) / 1000.0, MAX_SERVER_BACKOFF)
-
-
 def tune_socket(sock: socket.socket) -> None:
     """Find a silently dead peer even when we only listen (NAT boxes drop quiet flows), and
     send each command at once."""
@@ -136,12 +77,3 @@ def tune_socket(sock: socket.socket) -> None:
     # quick-ACK mode the reads arm (quick_ack.py) from being undone by a held-back segment
     # that the kernel sends only later.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

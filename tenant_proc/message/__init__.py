@@ -1,0 +1,10 @@
+"""The parsed email a handler gets, and the parser that never raises on hostile input.
+
+`tenant_proc.message.Email` is what handlers written against the README import; the parts
+live in the modules beside this one.
+"""
+from __future__ import annotations
+
+from tenant_proc.message.parse import Email, Envelope, parse_email
+
+__all__ = ["Email", "Envelope", "parse_email"]
