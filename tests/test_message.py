@@ -130,7 +130,7 @@ def test_address_without_local_part_and_several_from_fields() -> None:
 
 
 def test_fields_are_bounded() -> None:
-    from tenant_proc.message.parse import MAX_ADDRESSES, MAX_HEADER_CHARS
+    from tenant_proc.message.headers import MAX_ADDRESSES, MAX_HEADER_CHARS
 
     many = b", ".join(b"u%d@x.example" % i for i in range(2000))
     email = parse_email(_headers(b"Message-ID: <" + b"a" * 100_000 + b"@x>", b"Subject: " + b"s" * 50_000,

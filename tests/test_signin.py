@@ -18,7 +18,8 @@ from tenant_proc.imap.connect import open_client
 from tenant_proc.signin import errors
 from tenant_proc.signin import login as signin
 from tenant_proc.signin.login import login
-from tenant_proc.signin.providers.base import TokenResponse, provider_for
+from tenant_proc.signin.providers import provider_for
+from tenant_proc.signin.providers.base import TokenResponse
 from tenant_proc.signin.storage import SqliteTokenStore, seed_hash
 from tenant_proc.signin.tokens import AccessToken, RequestBudget, TokenSource
 from tenant_proc.spec import OAuthSpec, Secret, StateSpec, TenantSpec

@@ -1,100 +1,27 @@
-"""The parsed email handed to handlers, and a parser that never raises on hostile input.
+"""Raw bytes to the Email a handler gets: a parser that never raises on hostile input.
 
 Mail is written by strangers: malformed MIME, lying charsets and raw 8-bit headers are normal.
 Every step falls back to replacement characters or skips the broken part, so one odd email
-cannot stop a mailbox.
+cannot stop a mailbox. The header fields are read in headers.py; here the message is split
+into its bodies and attachments.
 
 Parsing uses the compat32 policy: the stdlib's default policy parses every header through its
 header registry, which made parsing ~20x slower and was most of a tenant's CPU time per email
-(bench/burst.py). Only the few fields handed over (Subject, Message-ID, From, To, Cc) that need
-decoding (an encoded word or 8-bit bytes) go through that registry, so they read exactly as
-`email.policy.default` shows them to a person (whitespace at folds, RFC 2231 language tags,
-groups); plain ASCII fields keep the fast path. tests/test_corpus.py holds both to that.
-
-Every field is bounded (MAX_RAW_HEADER_CHARS in, MAX_HEADER_CHARS out, MAX_ADDRESSES per
-field): a 100 KB Message-ID is a stranger's choice, not something to carry around whole.
+(bench/burst.py).
 """
 from __future__ import annotations
 
 import email
-import email.header
 import email.policy
-import email.utils
 import logging
-import re
-from dataclasses import dataclass, field
-from datetime import datetime
-from email.headerregistry import HeaderRegistry
 from email.message import Message
 from typing import Any
 
+from tenant_proc.message.headers import addresses, decode_words, header_date, header_text
+from tenant_proc.message.model import Email, Envelope
+
 # The logger keeps the name it had before the parser moved into message/: operators filter on it.
 log = logging.getLogger("tenant_proc.message")
-
-# RFC 5322 lines stop at 998 characters; a real Subject or Message-ID is far below these.
-MAX_RAW_HEADER_CHARS = 16 * 1024  # what is parsed at all (the registry is not linear on junk)
-MAX_HEADER_CHARS = 4096  # what a handler gets per field
-MAX_ADDRESSES = 500  # per address field
-# The registry's address parser is quadratic on junk (16 KB of "x ": 1.2 s); longer address
-# fields take compat32's getaddresses, which is linear.
-MAX_STRUCTURED_CHARS = 4096
-TRUNCATED_MARK = "…"
-
-# Structured (address) and unstructured readers of the stdlib's default policy. Message-ID is
-# read as unstructured text: the msg-id parser cuts `<a@b@c>` at the second "@"; we hand over
-# what was written.
-_STRUCTURED = HeaderRegistry()
-_LINE_BREAKS = re.compile(r"[\r\n]")
-_UNSTRUCTURED = HeaderRegistry(use_default_map=False)
-_ENCODED_WORD_CHARSET = re.compile(r"=\?([^?*\s]+)(?:\*[^?]*)?\?[bBqQ]\?")
-# Address lists both parsers read the same way: `a@b.c` or `Plain Name <a@b.c>`, comma
-# separated, no quotes, comments, groups or routes. Only these take compat32's getaddresses.
-_ADDR = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+"
-# Matched item by item (split at commas, which such a list has only between items): one regex
-# over the whole list backtracked exponentially on a long hostile field.
-_SIMPLE_ADDRESS = re.compile(rf"\s*(?:{_ADDR}|[A-Za-z0-9 .'-]*<{_ADDR}>)\s*")
-# An address without a local part: "<@example.com>", "Support <@example.com>", "@example.com".
-_NO_LOCAL_PART = re.compile(r"<\s*@|(?:^|[\s,:;])@")
-
-
-@dataclass(frozen=True)
-class Email:
-    tenant_id: str
-    folder: str
-    uid: int
-    uidvalidity: int
-    message_id: str | None
-    subject: str
-    from_: str
-    to: list[str] = field(default_factory=list)
-    cc: list[str] = field(default_factory=list)
-    date: datetime | None = None
-    text: str | None = None
-    html: str | None = None
-    attachments: list[dict[str, Any]] = field(default_factory=list)
-    raw: bytes = b""
-    size: int = 0
-    received_at: float = 0.0  # epoch, from the server's INTERNALDATE
-    detected_at: float = 0.0  # epoch, when this tenant noticed the mail
-    truncated: bool = False  # larger than max_message_bytes: raw holds the header only
-    # A process died while handling this email, after the handler was called and before its
-    # outcome was recorded: the handler may already have done its work. Make it idempotent.
-    redelivered: bool = False
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """Where a raw message came from; everything parse_email cannot read from the bytes."""
-
-    tenant_id: str
-    folder: str
-    uid: int
-    uidvalidity: int
-    size: int
-    received_at: float
-    detected_at: float
-    truncated: bool = False
-    redelivered: bool = False
 
 
 def parse_email(raw: bytes, env: Envelope) -> Email:
@@ -105,12 +32,12 @@ def parse_email(raw: bytes, env: Envelope) -> Email:
         folder=env.folder,
         uid=env.uid,
         uidvalidity=env.uidvalidity,
-        message_id=_header(msg, "Message-ID") or None,
-        subject=_header(msg, "Subject"),
-        from_=", ".join(_addresses(msg, "From")) or _header(msg, "From"),
-        to=_addresses(msg, "To"),
-        cc=_addresses(msg, "Cc"),
-        date=_date(msg),
+        message_id=header_text(msg, "Message-ID") or None,
+        subject=header_text(msg, "Subject"),
+        from_=", ".join(addresses(msg, "From")) or header_text(msg, "From"),
+        to=addresses(msg, "To"),
+        cc=addresses(msg, "Cc"),
+        date=header_date(msg),
         text=text,
         html=html,
         attachments=attachments,
@@ -121,140 +48,6 @@ def parse_email(raw: bytes, env: Envelope) -> Email:
         truncated=env.truncated,
         redelivered=env.redelivered,
     )
-
-
-def _clean(text: str) -> str:
-    """Raw 8-bit header bytes arrive as surrogate escapes: read them as UTF-8 (what senders
-    almost always mean), with replacement characters for anything else."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _decode_words(value: str) -> str:
-    """RFC 2047 encoded words (=?utf-8?q?...?=) to text; never raises."""
-    if "=?" not in value:
-        return _clean(value)
-    try:
-        parts = []
-        for chunk, charset in email.header.decode_header(value):
-            if isinstance(chunk, bytes):
-                try:
-                    chunk = chunk.decode(charset or "ascii", "replace")
-                except LookupError:  # a charset Python does not know
-                    chunk = chunk.decode("utf-8", "replace")
-            parts.append(chunk)
-        return _clean("".join(parts))
-    except Exception:  # malformed encoded words: keep them as written
-        return _clean(value)
-
-
-def _raw_values(msg: Message, name: str) -> list[str]:
-    """Header values as written. raw_items() keeps 8-bit bytes as surrogate escapes (get()
-    would already have replaced them), so _clean() can still read them as UTF-8."""
-    wanted = name.lower()
-    try:
-        return [v if isinstance(v, str) else str(v) for k, v in msg.raw_items() if k.lower() == wanted]
-    except Exception:
-        return []
-
-
-def _header(msg: Message, name: str) -> str:
-    """One header as unfolded text (handlers want one line), as a person would read it."""
-    values = _raw_values(msg, name)
-    return _bounded(_unstructured(name, values[0])) if values else ""
-
-
-def _unstructured(name: str, value: str) -> str:
-    value = _readable(value[:MAX_RAW_HEADER_CHARS])
-    if "=?" in value or not value.isascii():
-        try:
-            # Unfolding removes CR and LF only (RFC 5322 2.2.3): the space after a fold stays,
-            # and with it the space between "TEST" and an encoded word on the next line.
-            value = str(_UNSTRUCTURED(name, _LINE_BREAKS.sub("", value)))
-        except Exception:  # the registry's own bugs on junk: fall back to our decoder
-            value = _decode_words(value)
-    return " ".join(value.split())
-
-
-def _readable(value: str) -> str:
-    """8-bit header bytes (surrogate escapes after a bytes parse) as characters: UTF-8 if they
-    are UTF-8 (RFC 6532), else the charset an encoded word beside them declares, else
-    replacement characters. Never raises."""
-    if value.isascii():
-        return value
-    raw = value.encode("utf-8", "surrogateescape")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    declared = _ENCODED_WORD_CHARSET.search(value)
-    if declared:
-        try:
-            return raw.decode(declared.group(1), "replace")
-        except (LookupError, ValueError):
-            pass
-    return raw.decode("utf-8", "replace")
-
-
-def _bounded(text: str) -> str:
-    return text if len(text) <= MAX_HEADER_CHARS else text[:MAX_HEADER_CHARS] + TRUNCATED_MARK
-
-
-def _addresses(msg: Message, name: str) -> list[str]:
-    """Every address of every such field (several From fields: all of them), each bounded."""
-    result: list[str] = []
-    for value in _raw_values(msg, name):
-        result.extend(_field_addresses(name, value))
-        if len(result) >= MAX_ADDRESSES:
-            break
-    return [_bounded(a) for a in result[:MAX_ADDRESSES]]
-
-
-def _field_addresses(name: str, value: str) -> list[str]:
-    value = _readable(value[:MAX_RAW_HEADER_CHARS])
-    if _NO_LOCAL_PART.search(value):
-        # Every parser garbles these ("<>", or the display name taken for the local part):
-        # hand the field over as written, decoded, which is what a person can still read.
-        text = _unstructured(name, value)
-        return [text] if text else []
-    if len(value) <= MAX_STRUCTURED_CHARS and not all(
-            _SIMPLE_ADDRESS.fullmatch(item) for item in value.split(",")):
-        try:
-            header = _STRUCTURED(name, _LINE_BREAKS.sub("", value))
-            return [_clean(str(a)) for a in header.addresses if a.addr_spec not in ("", "<>")]
-        except Exception:  # the registry's own bugs on junk: the compat32 path below
-            pass
-    try:
-        pairs = email.utils.getaddresses([value])
-    except Exception:
-        return []
-    return [_format_address(" ".join(_decode_words(display).split()), _clean(address))
-            for display, address in pairs if address]
-
-
-_SPECIALS = set('()<>@,:;."[]\\')
-
-
-def _format_address(display: str, address: str) -> str:
-    """'Name <addr>' for people to read: unlike formataddr, never RFC 2047-encodes the name."""
-    if not display:
-        return address
-    if _SPECIALS & set(display):
-        display = '"' + display.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{display} <{address}>"
-
-
-def _date(msg: Message) -> datetime | None:
-    value = _header(msg, "Date")
-    if not value:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(value)
-    except Exception:
-        return None
 
 
 def _walk_parts(msg: Message, uid: int) -> tuple[str | None, str | None, list[dict[str, Any]]]:
@@ -285,7 +78,7 @@ def _walk_parts(msg: Message, uid: int) -> tuple[str | None, str | None, list[di
 def _filename(part: Message) -> str | None:
     """RFC 2231 (compat32 handles it) and RFC 2047 encoded words (it does not)."""
     name = part.get_filename()
-    return _decode_words(name) if name is not None else None
+    return decode_words(name) if name is not None else None
 
 
 def _attachment_info(part: Message, filename: str | None, ctype: str) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from typing import Callable
 
 from tenant_proc.errors import ConnectionLost, FatalError
 from tenant_proc.signin import errors
-from tenant_proc.signin.providers.base import Fetch, TokenResponse, provider_for, uses_refresh_token
+from tenant_proc.signin.providers import provider_for
+from tenant_proc.signin.providers.base import Fetch, TokenResponse, uses_refresh_token
 from tenant_proc.signin.storage import TokenStore, open_token_store, seed_hash
 from tenant_proc.spec import Secret, TenantSpec
 from tenant_proc.store.api import StoreError

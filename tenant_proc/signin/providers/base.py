@@ -1,9 +1,8 @@
-"""Token providers: each turns a tenant's [tenant.oauth] settings into an access token.
+"""What every token provider answers: the contract the provider modules implement.
 
 A provider is a callable `fetch(refresh_token)` returning a TokenResponse, raising FatalError
 (the operator must act) or ConnectionLost (try again later) with a one-line reason that holds
-no secret. The grants themselves go through authlib (providers/http.py); this package only
-says which grant, with which credentials, to which endpoint.
+no secret.
 """
 from __future__ import annotations
 
@@ -23,22 +22,6 @@ class TokenResponse:
 
 
 Fetch = Callable[[Secret | None], TokenResponse]
-
-
-def provider_for(spec: TenantSpec) -> Fetch:
-    """The fetch function of the tenant's provider (imports its module on first use)."""
-    assert spec.oauth is not None
-    provider = spec.oauth.provider
-    if provider == "microsoft":
-        from tenant_proc.signin.providers import microsoft
-        return lambda refresh: microsoft.fetch(spec, refresh)
-    if provider == "google":
-        from tenant_proc.signin.providers import google
-        return lambda refresh: google.fetch(spec, refresh)
-    if provider == "command":
-        from tenant_proc.signin.providers import command
-        return lambda refresh: command.fetch(spec)
-    raise ValueError(f"unknown OAuth provider {provider!r}")
 
 
 def uses_refresh_token(spec: TenantSpec) -> bool:
