@@ -1,7 +1,7 @@
 # idle-supervisor as a container image: docs/container.md (build, `docker run --env-file`, stop).
 #
 # The base is a build argument so that a locally made image can stand in for the registry one
-# (tests/test_container.py builds on a debootstrapped Debian): any Debian-like image with
+# (tests/deploy/test_container.py builds on a debootstrapped Debian): any Debian-like image with
 # python3 >= 3.11 and its venv module works.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}

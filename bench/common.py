@@ -28,8 +28,8 @@ if str(REPO) not in sys.path:
 import psutil  # noqa: E402
 from imapclient import IMAPClient  # noqa: E402
 
-from tests.dovecot import Dovecot  # noqa: E402
-from tests.supervisor_run import SupervisorRun, TenantEntry  # noqa: E402
+from tests.servers.imap.dovecot import Dovecot  # noqa: E402
+from tests.harness.supervisor_run import SupervisorRun, TenantEntry  # noqa: E402
 
 
 class BenchTimeout(Exception):

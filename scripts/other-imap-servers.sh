@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Cyrus IMAP 3.6 and Courier IMAP 5.0 for the integration tests (tests/cyrus.py, tests/courier.py).
+# Cyrus IMAP 3.6 and Courier IMAP 5.0 for the integration tests (tests/servers/imap/cyrus.py, tests/servers/imap/courier.py).
 #
 # Both Debian packages conflict with dovecot-imapd (all provide imap-server): installing them
 # would remove Dovecot. So the server packages are fetched with `apt-get download` and unpacked
 # with `dpkg -x` into a private root; only their plain library dependencies are installed with
 # apt-get (never upgrading or removing anything already installed). The tests run each server
-# from the private root inside its own mount namespace (see tests/altserver.py).
+# from the private root inside its own mount namespace (see tests/servers/imap/altserver.py).
 #
 # Idempotent and non-interactive; installing needs root (and the tests need it for unshare --mount).
 #   bash scripts/other-imap-servers.sh          # root: $IMAP_SERVERS_ROOT or the default below

@@ -20,7 +20,7 @@ done
 log() { echo "setup: $*"; }
 
 # ------------------------------------------------------------------ system packages
-# The tests run their own Dovecot (tests/dovecot.py) on free loopback ports, so a
+# The tests run their own Dovecot (tests/servers/imap/dovecot.py) on free loopback ports, so a
 # system-wide dovecot that apt may start is left alone: it cannot collide with them.
 
 pick_python() {

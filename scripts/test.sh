@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh --with-postgres
-bash scripts/other-imap-servers.sh   # Cyrus + Courier in a private root (tests/test_other_servers.py)
+bash scripts/other-imap-servers.sh   # Cyrus + Courier in a private root (tests/imap/test_other_servers.py)
 # A private basetemp: Dovecot's unprivileged users must traverse it, and concurrent
 # pytest runs sharing /tmp/pytest-of-$USER would reset its mode under each other.
 basetemp="$(mktemp -d /tmp/idle-supervisor-tests.XXXXXX)"

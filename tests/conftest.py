@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
-# The repo root must be importable as such (`tests.dovecot`, `supervisor`, ...)
+# The repo root must be importable as such (`tests.servers.imap.dovecot`, `supervisor`, ...)
 # however pytest is started; `python -m pytest` from the root already does this.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.certs import CertPaths, session_certs  # noqa: E402
-from tests.dovecot import Dovecot  # noqa: E402
-
+from tests.servers.certs import CertPaths, session_certs  # noqa: E402
+from tests.servers.imap.dovecot import Dovecot  # noqa: E402
 
 # --- Markers ---
 # Only one pytest_configure may exist in this file: add further markers here.
@@ -24,7 +23,7 @@ MARKERS = {
     "slow": "takes more than a few seconds (deselect with -m 'not slow')",
     "integration": "starts real processes or servers (Dovecot, PostgreSQL, the supervisor)",
     "allow_traceback": "allow_traceback(reason): a traceback or crash line in this test's supervisor "
-                       "logs is the behaviour under test (tests/log_checks.py)",
+                       "logs is the behaviour under test (tests/harness/log_checks.py)",
 }
 
 
@@ -39,7 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # `--supervisor-logs DIR` copies every supervisor log a test wrote to DIR (one file per run,
 # named after the test) to read or grep after a run.
 # Every log is checked after the test for tracebacks and for the one-line reports of an unhandled
-# exception (tests/log_checks.py says why): one fails an otherwise passing test in its teardown,
+# exception (tests/harness/log_checks.py says why): one fails an otherwise passing test in its teardown,
 # unless the test is marked `@pytest.mark.allow_traceback("reason")` because it provoked it.
 SUPERVISOR_LOG_TAIL = 6000
 CALL_PASSED = pytest.StashKey[bool]()
@@ -52,7 +51,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    from tests.supervisor_run import SupervisorRun
+    from tests.harness.supervisor_run import SupervisorRun
 
     # Before the fixtures: a run a fixture starts belongs to this test too.
     SupervisorRun.created.clear()
@@ -60,7 +59,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    from tests.supervisor_run import SupervisorRun
+    from tests.harness.supervisor_run import SupervisorRun
 
     outcome = yield
     report = outcome.get_result()
@@ -93,7 +92,7 @@ def _keep_logs(keep_dir: Path, nodeid: str, texts: list[str]) -> None:
 
 def _traceback_problem(item: pytest.Item, texts: list[str]) -> str | None:
     """Why this test must fail because of its supervisor logs, or None."""
-    from tests.log_checks import find_tracebacks
+    from tests.harness.log_checks import find_tracebacks
 
     marker = item.get_closest_marker("allow_traceback")
     if marker is not None:
@@ -139,13 +138,18 @@ def dovecot_session(tmp_path_factory: pytest.TempPathFactory, certs: CertPaths) 
 
 # --- PostgreSQL / Supabase fixtures ---
 # A real PostgreSQL 15 per session, a fresh migrated database per test, and a PostgREST-compatible
-# server in front of it so the real supabase-py client can be used (see tests/postgrest_server.py).
+# server in front of it so the real supabase-py client can be used (see tests/servers/postgres/postgrest_server.py).
 import os as _os  # noqa: E402
 
-from tests.pg import PostgresDatabase, PostgresServer, PostgresUnavailable, start_postgres  # noqa: E402
-from tests.postgrest_server import TEST_ANON_KEY, TEST_SERVICE_KEY, PostgrestServer  # noqa: E402
+from tests.servers.postgres.pg import (  # noqa: E402
+    PostgresDatabase,
+    PostgresServer,
+    PostgresUnavailable,
+    start_postgres,
+)
+from tests.servers.postgres.postgrest_server import TEST_ANON_KEY, TEST_SERVICE_KEY, PostgrestServer  # noqa: E402
 
-# Keys live in tests.postgrest_server: conftest may be imported twice (as conftest and tests.conftest).
+# Keys live in tests.servers.postgres.postgrest_server: conftest may be imported twice (as conftest and tests.conftest).
 SUPABASE_SERVICE_KEY = TEST_SERVICE_KEY
 SUPABASE_ANON_KEY = TEST_ANON_KEY
 
@@ -191,8 +195,8 @@ def supabase_env(postgrest: PostgrestServer) -> dict[str, str]:
     return {"SUPABASE_URL": postgrest.url, "SUPABASE_SERVICE_ROLE_KEY": SUPABASE_SERVICE_KEY}
 
 
-# --- OAuth identity-provider stand-in fixtures (tests/idp.py) ---
-from tests.idp import IdentityProvider  # noqa: E402
+# --- OAuth identity-provider stand-in fixtures (tests/servers/oauth/idp.py) ---
+from tests.servers.oauth.idp import IdentityProvider  # noqa: E402
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 Imported here, once, every tenant shares their pages copy-on-write instead of importing its own
 copy after the fork (supabase-py with pydantic is several MB per process). Imported only when
 configured: a file-only deployment (tenants from TOML, state in SQLite) never loads supabase-py,
-neither in the supervisor nor in a tenant (tests/test_railway.py checks both).
+neither in the supervisor nor in a tenant (tests/deploy/test_railway.py checks both).
 """
 from __future__ import annotations
 

@@ -1,0 +1,434 @@
+"""An OAuth2 identity-provider stand-in for tests (test infrastructure, never shipped).
+
+It speaks the token endpoints the way Microsoft Entra ID and Google document them, and answers
+Dovecot's token introspection, so a tenant can sign in over XOAUTH2/OAUTHBEARER to the test
+Dovecot with a token this server issued:
+
+* any path ending in ``/token`` is the token endpoint (so ``/{tenant}/oauth2/v2.0/token``,
+  Microsoft-shaped, and ``/token``, Google-shaped, both work). A form-encoded POST with
+  ``grant_type`` ``client_credentials`` (Microsoft app-only), ``refresh_token`` (rotated: every use
+  returns a new refresh token and invalidates the old one) or
+  ``urn:ietf:params:oauth:grant-type:jwt-bearer`` (Google service account: RS256 assertion checked
+  against the registered public key, its iss/aud/scope/sub/exp). Errors come back as the providers
+  send them: HTTP 400/401 with ``{"error": ..., "error_description": ...}``, AADSTS codes on a
+  Microsoft-shaped path, Google's wording otherwise.
+* ``/introspect``: Dovecot's ``introspection_mode = post`` (form ``token=...``) answered with
+  ``{"active": true, "username": <mailbox>}`` or ``{"active": false}``.
+
+Tests steer it: short token lifetimes (seconds), ``revoke``, ``down``/``up`` (the listening socket
+is closed and reopened on the same port, open connections are cut), ``answer_errors`` (429 with
+Retry-After, or 5xx, N times), and request counters per grant type and per client.
+
+    with IdentityProvider() as idp:
+        app = idp.add_app("app-1", "s3cret", mailbox="support@contoso.example")
+        url = idp.microsoft_token_url("contoso.onmicrosoft.com")
+
+Key helpers (RSA key pair, a Google-format service-account JSON file) and a token-printing
+program for the ``command`` provider live in tests/servers/oauth/idp_keys.py, the HTTP server and handler in
+tests/servers/oauth/idp_http.py, ready-made supervisor tenants per flow in tests/harness/oauth_tenants.py.
+"""
+from __future__ import annotations
+
+import secrets
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from joserfc import errors as jose_errors
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+from tests.servers.certs import session_certs
+from tests.servers.oauth.idp_http import IdpServer, assertion_issuer, basic_password, basic_user
+
+MICROSOFT_SCOPE = "https://outlook.office365.com/.default"
+GOOGLE_SCOPE = "https://mail.google.com/"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+MAX_ASSERTION_LIFETIME = 3600  # Google: "Token must be a short-lived token (60 minutes)"
+CLOCK_SKEW = 300               # seconds of iat/exp leeway, as Google allows
+
+
+class OAuthError(Exception):
+    """One error answer of the token endpoint."""
+
+    def __init__(self, status: int, error: str, microsoft: str, google: str) -> None:
+        super().__init__(error)
+        self.status, self.error = status, error
+        self.microsoft, self.google = microsoft, google
+
+    def body(self, microsoft_shaped: bool) -> dict[str, str]:
+        return {"error": self.error,
+                "error_description": self.microsoft if microsoft_shaped else self.google}
+
+
+@dataclass
+class Grant:
+    """One thing that may obtain tokens: an app (client credentials), a delegated consent
+    (refresh token) or a service account (JWT bearer). `mailbox` is whom its tokens sign in as."""
+
+    kind: str                       # client_credentials | refresh_token | service_account
+    client_id: str                  # for a service account: its client_email (the JWT iss)
+    mailbox: str
+    client_secret: str | None = None
+    refresh_token: str | None = None
+    rotate: bool = True
+    public_key: RSAKey | None = None
+    subjects: frozenset[str] = frozenset()   # service account: mailboxes it may act for
+    scope: str | None = None
+    revoked: bool = False
+    refresh_history: list[str] = field(default_factory=list)  # every refresh token ever issued
+
+
+@dataclass
+class AccessToken:
+    value: str
+    mailbox: str
+    grant: Grant
+    expires_at: float  # time.monotonic()
+
+
+class IdentityProvider:
+    """The stand-in server; thread-safe; start()/stop() or use it as a context manager."""
+
+    def __init__(self, token_lifetime: float = 60, tls: bool = False, host: str = "127.0.0.1") -> None:
+        self.token_lifetime = token_lifetime  # seconds; may be changed while running
+        self.host = host
+        self.tls = tls
+        self.port = 0
+        self._lock = threading.Lock()
+        self._grants: list[Grant] = []
+        self._by_refresh: dict[str, Grant] = {}
+        self._tokens: dict[str, AccessToken] = {}
+        self._error_answers: list[tuple[int, float]] = []  # (status, retry_after) still to send
+        self.by_grant_type: Counter[str] = Counter()
+        self.by_client: Counter[str] = Counter()
+        self.introspections = 0
+        self._issued: list[str] = []
+        self._issued_access: list[tuple[str, str]] = []  # (access token, mailbox)
+        self._server: IdpServer | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> IdentityProvider:
+        self.up()
+        return self
+
+    def stop(self) -> None:
+        self.down()
+
+    def up(self) -> None:
+        """Listen (again: on the same port after down())."""
+        if self._server is not None:
+            return
+        context = None
+        if self.tls:
+            certs = session_certs()
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(certs.server_cert, certs.server_key)
+        self._server = IdpServer((self.host, self.port), self, context)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"idp-{self.port}", daemon=True)
+        self._thread.start()
+
+    def down(self) -> None:
+        """Refuse connections: close the listening socket and cut every open connection."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def track_connection(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(conn)
+
+    def untrack_connection(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def __enter__(self) -> IdentityProvider:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    def microsoft_token_url(self, tenant: str = "contoso.onmicrosoft.com") -> str:
+        return f"{self.url}/{tenant}/oauth2/v2.0/token"
+
+    @property
+    def google_token_url(self) -> str:
+        return f"{self.url}/token"
+
+    @property
+    def introspection_url(self) -> str:
+        return f"{self.url}/introspect"
+
+    @property
+    def ca_file(self) -> str:
+        """The private CA that signed the TLS certificate (for token_ca_file)."""
+        return str(session_certs().ca_cert)
+
+    # ------------------------------------------------------------------ registration
+
+    def add_app(self, client_id: str, client_secret: str, mailbox: str,
+                scope: str = MICROSOFT_SCOPE) -> Grant:
+        """Microsoft app-only: an app registration with a secret and FullAccess on `mailbox`."""
+        return self._add(Grant("client_credentials", client_id, mailbox.lower(),
+                               client_secret=client_secret, scope=scope))
+
+    def add_refresh_grant(self, client_id: str, mailbox: str, client_secret: str | None = None,
+                          rotate: bool = True) -> Grant:
+        """A delegated consent: `grant.refresh_token` is the current refresh token. Microsoft
+        rotates (rotate=True); Google keeps the same one (rotate=False). A grant without secret
+        is a public client, as a Microsoft native app."""
+        grant = Grant("refresh_token", client_id, mailbox.lower(), client_secret=client_secret,
+                      rotate=rotate)
+        with self._lock:
+            self._issue_refresh(grant)
+        return self._add(grant)
+
+    def add_service_account(self, client_email: str, public_key_pem: bytes | str,
+                            subjects: list[str], scope: str = GOOGLE_SCOPE) -> Grant:
+        """A Google service account with domain-wide delegation for `subjects` (mailboxes)."""
+        lowered = frozenset(s.lower() for s in subjects)
+        return self._add(Grant("service_account", client_email, min(lowered, default=""),
+                               public_key=RSAKey.import_key(public_key_pem), subjects=lowered,
+                               scope=scope))
+
+    def _add(self, grant: Grant) -> Grant:
+        with self._lock:
+            self._grants.append(grant)
+        return grant
+
+    # ------------------------------------------------------------------ steering
+
+    def revoke(self, grant: Grant, access_tokens: bool = True) -> None:
+        """Withdraw the consent/app: token requests fail, and (by default) issued tokens go
+        inactive at introspection, as an admin revoking sessions would have it."""
+        with self._lock:
+            grant.revoked = True
+            if access_tokens:
+                for token in [t for t in self._tokens.values() if t.grant is grant]:
+                    del self._tokens[token.value]
+
+    def answer_errors(self, times: int, status: int = 429, retry_after: float = 1) -> None:
+        """The next `times` token requests get `status` (429 with Retry-After, or a 5xx)."""
+        with self._lock:
+            self._error_answers.extend([(status, retry_after)] * times)
+
+    def expire_access_tokens(self) -> None:
+        """Every access token issued so far is inactive from now on."""
+        with self._lock:
+            self._tokens.clear()
+
+    def issue_access_token(self, mailbox: str, lifetime: float | None = None) -> str:
+        """A token for `mailbox` without an HTTP round trip (for raw-login tests)."""
+        grant = Grant("direct", "direct", mailbox.lower())
+        with self._lock:
+            return self._issue_access(grant, lifetime).value
+
+    def token_requests(self, client_id: str | None = None) -> int:
+        """Token endpoint requests so far (all, or of one client), errors included."""
+        with self._lock:
+            return self.by_client[client_id] if client_id else sum(self.by_grant_type.values())
+
+    def issued_secrets(self) -> list[str]:
+        """Every access and refresh token this server ever issued (for the secrets test)."""
+        with self._lock:
+            return sorted(set(self._issued))
+
+    def refresh_token_valid(self, refresh_token: str | None) -> bool:
+        """Would the token endpoint accept this refresh token now (not rotated out, not revoked)?"""
+        with self._lock:
+            grant = self._by_refresh.get(refresh_token or "")
+            return grant is not None and not grant.revoked
+
+    def issued_access_tokens(self) -> list[tuple[str, str]]:
+        """(access token, mailbox) of every access token issued (for their SASL forms)."""
+        with self._lock:
+            return list(self._issued_access)
+
+    # ------------------------------------------------------------------ HTTP entry points
+
+    def handle_token(self, path: str, form: dict[str, str], authorization: str | None) -> tuple[int, dict[str, Any], dict[str, str]]:
+        microsoft = "/oauth2/" in path
+        grant_type = form.get("grant_type", "")
+        # A service account is known by its assertion's iss, whatever client_id comes along.
+        client_id = (assertion_issuer(form) if grant_type == JWT_BEARER else None) \
+            or form.get("client_id") or basic_user(authorization) or "?"
+        with self._lock:
+            self.by_grant_type[grant_type] += 1
+            self.by_client[client_id] += 1
+            if self._error_answers:
+                status, retry_after = self._error_answers.pop(0)
+                error = "temporarily_unavailable" if status == 429 else "server_error"
+                return status, {"error": error, "error_description": f"HTTP {status} from the stand-in"}, \
+                    {"Retry-After": f"{retry_after:g}"}
+            try:
+                answer = self._grant(path, grant_type, form, authorization)
+            except OAuthError as exc:
+                headers = {"WWW-Authenticate": "Basic"} if exc.status == 401 else {}
+                return exc.status, exc.body(microsoft), headers
+        return 200, answer, {"Cache-Control": "no-store"}
+
+    def handle_introspection(self, form: dict[str, str]) -> dict[str, Any]:
+        with self._lock:
+            self.introspections += 1
+            token = self._tokens.get(form.get("token", ""))
+            if token is None or token.expires_at <= time.monotonic() or token.grant.revoked:
+                return {"active": False}
+            return {"active": True, "username": token.mailbox,
+                    "exp": int(time.time() + token.expires_at - time.monotonic())}
+
+    # ------------------------------------------------------------------ grants (lock held)
+
+    def _grant(self, path: str, grant_type: str, form: dict[str, str], authorization: str | None) -> dict[str, Any]:
+        if grant_type == "client_credentials":
+            grant = self._authenticate_client(form, authorization, "client_credentials")
+            if form.get("scope") != grant.scope:
+                raise OAuthError(400, "invalid_scope",
+                                 f"AADSTS1002012: The provided value for scope {form.get('scope')} is not valid.",
+                                 "Invalid OAuth scope or ID token audience provided.")
+            self._check_not_revoked(grant, client_credentials=True)
+            return self._token_answer(grant)
+        if grant_type == "refresh_token":
+            return self._refresh(form, authorization)
+        if grant_type == JWT_BEARER:
+            return self._jwt_bearer(path, form)
+        raise OAuthError(400, "unsupported_grant_type",
+                         f"AADSTS70003: The app requested an unsupported grant type '{grant_type}'.",
+                         f"Invalid grant_type: {grant_type}")
+
+    def _authenticate_client(self, form: dict[str, str], authorization: str | None, kind: str) -> Grant:
+        client_id = form.get("client_id") or basic_user(authorization) or ""
+        secret = form.get("client_secret") or basic_password(authorization)
+        grant = next((g for g in self._grants if g.kind == kind and g.client_id == client_id), None)
+        if grant is None:
+            raise OAuthError(400, "unauthorized_client",
+                             f"AADSTS700016: Application with identifier '{client_id}' was not found in the directory.",
+                             "The OAuth client was not found.")
+        if not secrets.compare_digest((secret or "").encode(), (grant.client_secret or "").encode()):
+            raise OAuthError(401, "invalid_client",
+                             "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent "
+                             "in the request is the client secret value, not the client secret ID.",
+                             "Unauthorized")
+        return grant
+
+    def _refresh(self, form: dict[str, str], authorization: str | None) -> dict[str, Any]:
+        grant = self._by_refresh.get(form.get("refresh_token", ""))
+        if grant is None:
+            raise OAuthError(400, "invalid_grant",
+                             "AADSTS70000: The provided value for the 'refresh_token' is not valid: "
+                             "it was already used (rotated) or never issued.",
+                             "Bad Request")
+        client_id = form.get("client_id") or basic_user(authorization) or ""
+        secret = form.get("client_secret") or basic_password(authorization)
+        if client_id != grant.client_id or (grant.client_secret is not None and not secrets.compare_digest(
+                (secret or "").encode(), grant.client_secret.encode())):
+            raise OAuthError(401, "invalid_client",
+                             "AADSTS7000215: Invalid client secret provided.", "Unauthorized")
+        self._check_not_revoked(grant)
+        if grant.rotate:
+            del self._by_refresh[form["refresh_token"]]
+            self._issue_refresh(grant)
+            return {**self._token_answer(grant), "refresh_token": grant.refresh_token}
+        return self._token_answer(grant)
+
+    def _jwt_bearer(self, path: str, form: dict[str, str]) -> dict[str, Any]:
+        assertion = form.get("assertion", "")
+        issuer = assertion_issuer(form)
+        grant = next((g for g in self._grants if g.kind == "service_account" and g.client_id == issuer), None)
+        if grant is None or grant.public_key is None:
+            raise OAuthError(400, "invalid_grant", "AADSTS50027: JWT token is invalid or malformed.",
+                             "Invalid grant: account not found")
+        try:
+            token = jwt.decode(assertion, grant.public_key, algorithms=["RS256"])
+        except (jose_errors.JoseError, ValueError):
+            raise OAuthError(400, "invalid_grant", "AADSTS7000274: Invalid JWT signature.",
+                             "Invalid JWT Signature.") from None
+        now = int(time.time())
+        claims = token.claims
+        registry = jwt.JWTClaimsRegistry(
+            now=now, leeway=CLOCK_SKEW,
+            iss={"essential": True, "value": grant.client_id},
+            aud={"essential": True, "value": self.url + path},
+            exp={"essential": True}, iat={"essential": True}, scope={"essential": True})
+        try:
+            registry.validate(claims)
+            if int(claims["exp"]) - int(claims["iat"]) > MAX_ASSERTION_LIFETIME:
+                raise ValueError("lifetime")
+        except (jose_errors.JoseError, ValueError, TypeError):
+            raise OAuthError(400, "invalid_grant", "AADSTS50013: Assertion failed signature validation.",
+                             "Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
+                             "reasonable timeframe. Check your iat and exp values.") from None
+        subject = str(claims.get("sub", "")).lower()
+        if grant.scope not in str(claims["scope"]).split() or subject not in grant.subjects:
+            raise OAuthError(401, "unauthorized_client",
+                             "AADSTS700027: Client assertion failed signature validation.",
+                             "Client is unauthorized to retrieve access tokens using this method, or "
+                             "client not authorized for any of the scopes requested.")
+        self._check_not_revoked(grant)
+        return self._token_answer(grant, mailbox=subject)
+
+    def _check_not_revoked(self, grant: Grant, client_credentials: bool = False) -> None:
+        if not grant.revoked:
+            return
+        if client_credentials:
+            raise OAuthError(400, "unauthorized_client",
+                             f"AADSTS7000112: Application '{grant.client_id}' is disabled.",
+                             "The OAuth client was disabled.")
+        raise OAuthError(400, "invalid_grant",
+                         "AADSTS50173: The provided grant has expired due to it being revoked, a fresh "
+                         "auth token is needed. The user might have changed or reset their password.",
+                         "Token has been expired or revoked.")
+
+    def _token_answer(self, grant: Grant, mailbox: str | None = None) -> dict[str, Any]:
+        token = self._issue_access(grant, None, mailbox)
+        return {"access_token": token.value, "token_type": "Bearer",
+                "expires_in": max(1, round(token.expires_at - time.monotonic()))}
+
+    def _issue_access(self, grant: Grant, lifetime: float | None, mailbox: str | None = None) -> AccessToken:
+        value = "at-" + secrets.token_urlsafe(24)
+        token = AccessToken(value, mailbox or grant.mailbox, grant,
+                            time.monotonic() + (self.token_lifetime if lifetime is None else lifetime))
+        self._tokens[value] = token
+        self._remember(value)
+        self._issued_access.append((value, token.mailbox))
+        return token
+
+    def _issue_refresh(self, grant: Grant) -> None:
+        grant.refresh_token = "rt-" + secrets.token_urlsafe(24)
+        grant.refresh_history.append(grant.refresh_token)
+        self._by_refresh[grant.refresh_token] = grant
+        self._remember(grant.refresh_token)
+
+    def _remember(self, value: str) -> None:
+        self._issued.append(value)
