@@ -1,7 +1,7 @@
 """Configuration from the environment: IDLE_SUPERVISOR_<SECTION>_<KEY> overrides, and where the
 config file is (or that there is none: Railway and containers configure everything this way).
 
-Kept apart from config.py, which turns tables into settings: this module only decides which
+Kept apart from load.py, which turns tables into settings: this module only decides which
 tables the environment adds, and how a variable's text becomes a value.
 """
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import orjson
 
-log = logging.getLogger("supervisor.service.control")
+log = logging.getLogger("supervisor.control")
 
 SOCKET_FILE = "control.sock"
 MAX_REQUEST_BYTES = 4096  # a request is a command name and a few arguments

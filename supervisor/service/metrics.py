@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 from supervisor.children.records import TenantRecord
 from tenant_proc.deps import MissingDependency, require
 
-log = logging.getLogger("supervisor.service.metrics")
+log = logging.getLogger("supervisor.metrics")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_REQUEST_BYTES = 8192

@@ -2,7 +2,7 @@
 
 The lock (flock on the open file) is what guarantees uniqueness; the pid inside is only for
 the CLI. The kernel drops the lock when the process dies, so a stale file never blocks a start.
-Children must not keep the inherited descriptor or they would keep the lock alive (forking.py
+Children must not keep the inherited descriptor or they would keep the lock alive (children/forking.py
 closes every inherited fd in a new child).
 """
 from __future__ import annotations

@@ -29,7 +29,7 @@ from supervisor.config.settings import ClusterSettings
 from supervisor.tenants.rows import TenantLoad
 from tenant_proc.spec import Secret
 
-log = logging.getLogger("supervisor.tenants.cluster")
+log = logging.getLogger("supervisor.cluster")
 
 MAX_CALL_TIMEOUT = 5.0  # seconds per request: the loop waits at most this for the database
 

@@ -14,7 +14,7 @@ from supervisor.errors import SourceError
 from tenant_proc.spec import Secret
 
 TABLE = "companies"
-# Database column -> tenant-row key understood by config.build_tenant_specs().
+# Database column -> tenant-row key understood by rows.build_tenant_specs().
 COLUMNS = {
     "id": "id",
     "name": "name",

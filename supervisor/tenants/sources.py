@@ -1,6 +1,6 @@
 """Where tenants come from: the config file's [[tenant]] tables, or Supabase's companies table.
 
-Both sources end in the same place, config.build_tenant_specs(), so a company row and a file
+Both sources end in the same place, rows.build_tenant_specs(), so a company row and a file
 entry are validated the same way and feed the same reload diff.
 """
 from __future__ import annotations

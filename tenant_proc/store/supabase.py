@@ -10,7 +10,7 @@ back or overwrite a finished ledger row:
 - a ledger row is inserted-or-ignored, and an existing one is only updated while it is still
   'retrying' or 'handling' (a done row stays as it was: mark_done is idempotent);
 - begin_attempt marks the UID 'handling' before the handler runs, as the SQLite store does
-  (store_api.py): a write failing after the handler ran, or a death, hands the email over
+  (api.py): a write failing after the handler ran, or a death, hands the email over
   again as redelivered and counts the attempt, instead of re-running the handler unmarked.
 
 Created inside the tenant process, after the fork (see backend.open_store): nothing inherited.

@@ -48,3 +48,20 @@ def test_no_timestamp_under_journald(tmp_path, dovecot):
 def test_plain_text_lines_carry_utc_timestamp_and_company(tmp_path, dovecot):
     text = run_one(tmp_path, dovecot)
     assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO \[Acme AB\] IDLE active$", text, re.M)
+
+
+def test_loggers_keep_the_names_operators_filter_on():
+    """Issue 20 moved every module into a folder; the loggers' names stayed (README: Layout)."""
+    import importlib
+
+    expected = {"supervisor.service.sdnotify": "supervisor.sdnotify",
+                "supervisor.service.control": "supervisor.control",
+                "supervisor.service.metrics": "supervisor.metrics",
+                "supervisor.tenants.cluster": "supervisor.cluster",
+                "supervisor.arbiter.arbiter": "supervisor",
+                "tenant_proc.message.parse": "tenant_proc.message",
+                "tenant_proc.store.supabase": "tenant_proc.store_supabase",
+                "tenant_proc.signin.tokens": "tenant_proc.signin",
+                "ipc.protocol": "ipc"}
+    names = {module: importlib.import_module(module).log.name for module in expected}
+    assert names == expected
