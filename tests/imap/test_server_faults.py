@@ -306,7 +306,7 @@ def test_reconcile_notices_a_uidvalidity_change_while_connected(tmp_path):
     from tenant_proc.mail.mailbox import Mailbox
     from tenant_proc.session import Session
     from tenant_proc.store.sqlite import SqliteStore
-    from tests.arbiter.test_faults import _FakeControl, _NullLog
+    from tests.imap.test_throttle_and_policy import _FakeControl, _NullLog
 
     spec = TenantSpec(id="t", name="T", host="h", port=993, security="tls", username="u",
                       password=Secret("x"), imap=ImapSettings())
