@@ -39,7 +39,7 @@ from tenant_proc.spec import ImapSettings, Secret, StateSpec, TenantSpec
 from tenant_proc.store.sqlite import SqliteStore
 from tests.harness.faultlib import Appender, assert_exactly_once, maildir_deliver, write_spy
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry, process_gone_within
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.proxies.tcp_proxy import TcpProxy
 
 integration = pytest.mark.integration
