@@ -19,7 +19,7 @@ import psutil
 
 from common import Bench, bare_connect, cpu_seconds, target, tenant_children, user
 from tenant_proc.message import Envelope, parse_email
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 
 def fill_maildir(dc, u: str, count: int) -> None:

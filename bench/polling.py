@@ -16,8 +16,8 @@ import time
 
 from common import Bench, median, password, pct, target, user, wait_all
 from reaction import read_stamps, wait_stamps
-from tests.servers.imap.dovecot import make_message
 from tests.harness.supervisor_run import TenantEntry
+from tests.servers.imap.mail_helpers import make_message
 
 N_TENANTS = 20
 

@@ -18,7 +18,7 @@ import time
 from common import (Bench, bare_connect, fork_child, kill_and_reap, median, password, pct, target,
                     user, wait_all)
 from tenant_proc.message import Envelope, parse_email
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 
 def appender(dc, i: int) -> imaplib.IMAP4:

@@ -23,10 +23,10 @@ from imapclient import IMAPClient
 
 from common import Bench, fork_child, median, password, pct, target, user, wait_all
 from tenant_proc.message import Envelope, parse_email
+from tests.harness.supervisor_run import TenantEntry
 from tests.servers.imap.courier import Courier
 from tests.servers.imap.cyrus import Cyrus
-from tests.servers.imap.dovecot import make_message
-from tests.harness.supervisor_run import TenantEntry
+from tests.servers.imap.mail_helpers import make_message
 
 SERVERS = ("dovecot", "cyrus", "courier")
 ALLOWANCE_MS = 5.0  # issue 14 item 2: product <= bare + 5 ms

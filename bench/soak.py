@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 
 from common import Bench, child_pids, median, password, pct, target, user, wait_all
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 MB = 2**20
 SAMPLE_EVERY = 15.0

@@ -17,8 +17,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.servers.imap.dovecot import Dovecot, make_message  # noqa: E402
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry  # noqa: E402
+from tests.servers.imap.dovecot import Dovecot  # noqa: E402
+from tests.servers.imap.mail_helpers import make_message  # noqa: E402
 
 COMPANIES = [("acme", "Acme AB"), ("globex", "Globex Corp"), ("foretag", "Företag Å")]
 SUBJECTS = ["Where is my order #1001?", "Invoice question", "Påminnelse: faktura 42"]

@@ -20,7 +20,7 @@ import pytest
 
 from tests.harness.faultlib import Appender, assert_exactly_once, maildir_deliver
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry, process_gone_within
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.proxies.tcp_proxy import TcpProxy
 
 integration = pytest.mark.integration

@@ -19,7 +19,7 @@ from tests.harness.supervisor_run import (
     process_gone_within,
     unique_emails,
 )
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import resource
 import pytest
 
 from tests.process.test_tenant_process import Tenant, make_spec
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry, _table
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 pytestmark = pytest.mark.integration
 

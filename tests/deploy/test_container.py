@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness.deploy_build import PIP_TIMEOUT, REPO_ROOT, add_company, clean_copy, wait_until
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.postgres.postgrest_server import TEST_SERVICE_KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

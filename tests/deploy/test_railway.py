@@ -34,7 +34,7 @@ from tests.harness.deploy_build import (
     wait_until,
 )
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.postgres.postgrest_server import TEST_SERVICE_KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -17,7 +17,7 @@ from tenant_proc.handlers import command
 from tenant_proc.handlers.command_runner import DEFAULT_COMMAND_TIMEOUT
 from tests.handlers.test_handlers import _context, _email
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry, process_gone_within
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 DUMP_ENV = "import json, os, sys; sys.stdin.buffer.read(); json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
 

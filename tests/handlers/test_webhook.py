@@ -27,7 +27,7 @@ from tenant_proc.handlers.loader import HandlerContext, PermanentHandlerError
 from tenant_proc.handlers.webhook_sender import WebhookError
 from tenant_proc.message import Email
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.webhook_receiver import Reply, WebhookReceiver, signature_ok
 
 SECRET = "whsec-test-0123456789abcdef"

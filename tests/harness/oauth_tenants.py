@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness.supervisor_run import TenantEntry
-from tests.servers.oauth.idp import MICROSOFT_SCOPE, Grant, IdentityProvider
+from tests.servers.oauth.idp import IdentityProvider
+from tests.servers.oauth.idp_grants import MICROSOFT_SCOPE, Grant
 from tests.servers.oauth.idp_keys import (
     KeyPair,
     generate_rsa_key,

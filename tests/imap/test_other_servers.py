@@ -21,7 +21,7 @@ from tests.harness.supervisor_run import SupervisorRun, TenantEntry
 from tests.servers.imap.altserver import ServerUnavailable
 from tests.servers.imap.courier import Courier, gamin_running
 from tests.servers.imap.cyrus import Cyrus
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 
 from tenant_proc.session import first_poll_at, next_poll_at
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 
 def test_first_poll_is_uniform_inside_the_interval():

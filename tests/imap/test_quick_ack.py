@@ -18,7 +18,7 @@ from tenant_proc.imap.connect import open_client
 from tenant_proc.imap.fetching import survey
 from tenant_proc.signin.login import login
 from tests.process.test_tenant_process import make_spec
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 
 @pytest.mark.parametrize("security", ["tls", "starttls", "plain"])

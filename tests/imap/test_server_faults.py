@@ -23,7 +23,8 @@ from tenant_proc.imap import connect
 from tenant_proc.spec import ImapSettings, Secret, TenantSpec
 from tests.harness.faultlib import assert_exactly_once, wait_until
 from tests.process.test_tenant_process import Tenant, jsonl_lines, make_spec, tenants  # noqa: F401 (fixture)
-from tests.servers.imap.dovecot import Dovecot, make_message
+from tests.servers.imap.dovecot import Dovecot
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.proxies.fault_proxy import FaultProxy
 
 integration = pytest.mark.integration

@@ -32,7 +32,7 @@ from tests.imap.test_server_faults import last_heartbeat
 from tests.process.test_tenant_process import jsonl_lines, make_spec, tenants  # noqa: F401 (fixture)
 from tests.servers.imap.altserver import ServerUnavailable
 from tests.servers.imap.courier import Courier
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 RECONCILE = 2.0
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.harness.faultlib import assert_exactly_once, maildir_deliver
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.proxies.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.harness.supervisor_run import SupabaseRun, SupervisorRun, TenantEntry
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.postgres.pg import PostgresDatabase
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from supervisor.children.records import diff_tenants
 from supervisor.config.load import load_config
 from supervisor.tenants.rows import build_tenant_specs
 from tests.harness.supervisor_run import SupabaseRun, SupervisorRun, TenantEntry
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 ROW = {"id": "acme", "host": "imap.example.com", "username": "u", "password": "p", "security": "plain"}
 MESSAGE_ID = "<reupload@dedupe.test>"

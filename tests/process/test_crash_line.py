@@ -6,7 +6,7 @@ import pytest
 
 from tenant_proc.logs import describe_exception
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 
 def test_describe_exception_is_one_line_with_type_text_and_where():

@@ -17,7 +17,8 @@ from imapclient import IMAPClient
 from ipc import protocol
 from tenant_proc.main import run_tenant
 from tenant_proc.spec import HandlerSpec, ImapSettings, Secret, StateSpec, TenantSpec
-from tests.servers.imap.dovecot import Dovecot, make_message
+from tests.servers.imap.dovecot import Dovecot
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.proxies.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,8 @@ import pytest
 from imapclient import IMAPClient
 
 from tests.servers.certs import CertPaths
-from tests.servers.imap.dovecot import Dovecot, make_message
+from tests.servers.imap.dovecot import Dovecot
+from tests.servers.imap.mail_helpers import make_message
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,10 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from tests.harness.supervisor_run import REPO_ROOT
-from tests.servers.imap.dovecot import Dovecot, make_message
-from tests.servers.oauth.idp import GOOGLE_SCOPE, JWT_BEARER, MICROSOFT_SCOPE, IdentityProvider
+from tests.servers.imap.dovecot import Dovecot
+from tests.servers.imap.mail_helpers import make_message
+from tests.servers.oauth.idp import IdentityProvider
+from tests.servers.oauth.idp_grants import GOOGLE_SCOPE, JWT_BEARER, MICROSOFT_SCOPE
 from tests.servers.oauth.idp_keys import (
     KeyPair,
     generate_rsa_key,

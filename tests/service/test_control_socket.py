@@ -17,7 +17,7 @@ import pytest
 
 from supervisor.service.control import MAX_REQUEST_BYTES
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry, process_gone_within
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 pytestmark = pytest.mark.integration
 

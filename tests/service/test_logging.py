@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pytest
 
 from supervisor.service.metrics import LATENCY_BUCKETS, LatencyHistogram
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.ports import Reservation, reserve_port
 
 

@@ -29,7 +29,8 @@ from tests.harness.oauth_tenants import (
 )
 from tests.harness.supervisor_run import REPO_ROOT, SupabaseRun, SupervisorRun, unique_emails
 from tests.servers.certs import CertPaths
-from tests.servers.imap.dovecot import Dovecot, make_message
+from tests.servers.imap.dovecot import Dovecot
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.oauth.idp import IdentityProvider
 
 pytestmark = pytest.mark.integration

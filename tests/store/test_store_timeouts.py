@@ -22,7 +22,7 @@ from supervisor.config.timeouts import store_request_timeout
 from tenant_proc.handlers.loader import load_handler
 from tenant_proc.http_clients.deadline import DeadlineClient
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.postgres.pg import PostgresDatabase
 from tests.servers.postgres.postgrest_server import TEST_SERVICE_KEY, PostgrestServer
 from tests.servers.proxies.slow_proxy import SlowProxy

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pytest
 
 from tests.harness.supervisor_run import SupabaseRun
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.postgres.pg import PostgresDatabase
 from tests.servers.postgres.postgrest_server import TEST_SERVICE_KEY
 

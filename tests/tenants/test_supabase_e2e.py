@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.harness.supervisor_run import SupabaseRun, process_gone_within, unique_emails
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.postgres.pg import PostgresDatabase
 from tests.servers.postgres.postgrest_server import TEST_SERVICE_KEY, PostgrestServer
 

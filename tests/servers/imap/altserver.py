@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from tests.servers.imap.dovecot import _alive, _ImapSession, _tail
+from tests.servers.imap.dovecot import _alive, _tail
+from tests.servers.imap.mail_helpers import _ImapSession
 
 PRIVATE_ROOT = Path(os.environ.get("IMAP_SERVERS_ROOT", "/opt/idle-supervisor-imap-servers"))
 INSTALL_HINT = "run `bash scripts/other-imap-servers.sh` as root"
@@ -259,7 +260,8 @@ def wait_greeting(server: ServerProcess, host: str, port: int, ca_file: Path,
 
 
 class ImapsSession(_ImapSession):
-    """imaplib over TLS (the tests' CA) that always logs out, bounded by tests.servers.imap.dovecot.IMAP_TIMEOUT."""
+    """imaplib over TLS (the tests' CA) that always logs out, bounded by
+    tests.servers.imap.mail_helpers.IMAP_TIMEOUT."""
 
     def __init__(self, host: str, port: int, ca_file: Path, user: str, password: str) -> None:
         super().__init__(host, port, user, password, ssl.create_default_context(cafile=str(ca_file)))

@@ -23,76 +23,38 @@ Retry-After, or 5xx, N times), and request counters per grant type and per clien
         app = idp.add_app("app-1", "s3cret", mailbox="support@contoso.example")
         url = idp.microsoft_token_url("contoso.onmicrosoft.com")
 
-Key helpers (RSA key pair, a Google-format service-account JSON file) and a token-printing
-program for the ``command`` provider live in tests/servers/oauth/idp_keys.py, the HTTP server and handler in
-tests/servers/oauth/idp_http.py, ready-made supervisor tenants per flow in tests/harness/oauth_tenants.py.
+The grants themselves (Grant, the checks per grant type, OAuthError's wording, token
+issuing) live in tests/servers/oauth/idp_grants.py, key helpers (RSA key pair, a Google-format
+service-account JSON file) and a token-printing program for the ``command`` provider in
+tests/servers/oauth/idp_keys.py, the HTTP server and handler in tests/servers/oauth/idp_http.py,
+ready-made supervisor tenants per flow in tests/harness/oauth_tenants.py.
 """
 from __future__ import annotations
 
-import secrets
 import socket
 import ssl
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from joserfc import errors as jose_errors
-from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from tests.servers.certs import session_certs
-from tests.servers.oauth.idp_http import IdpServer, assertion_issuer, basic_password, basic_user
-
-MICROSOFT_SCOPE = "https://outlook.office365.com/.default"
-GOOGLE_SCOPE = "https://mail.google.com/"
-JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-MAX_ASSERTION_LIFETIME = 3600  # Google: "Token must be a short-lived token (60 minutes)"
-CLOCK_SKEW = 300               # seconds of iat/exp leeway, as Google allows
-
-
-class OAuthError(Exception):
-    """One error answer of the token endpoint."""
-
-    def __init__(self, status: int, error: str, microsoft: str, google: str) -> None:
-        super().__init__(error)
-        self.status, self.error = status, error
-        self.microsoft, self.google = microsoft, google
-
-    def body(self, microsoft_shaped: bool) -> dict[str, str]:
-        return {"error": self.error,
-                "error_description": self.microsoft if microsoft_shaped else self.google}
+from tests.servers.oauth.idp_grants import (
+    GOOGLE_SCOPE,
+    JWT_BEARER,
+    MICROSOFT_SCOPE,
+    AccessToken,
+    Grant,
+    GrantHandlers,
+    OAuthError,
+)
+from tests.servers.oauth.idp_http import IdpServer, assertion_issuer, basic_user
 
 
-@dataclass
-class Grant:
-    """One thing that may obtain tokens: an app (client credentials), a delegated consent
-    (refresh token) or a service account (JWT bearer). `mailbox` is whom its tokens sign in as."""
-
-    kind: str                       # client_credentials | refresh_token | service_account
-    client_id: str                  # for a service account: its client_email (the JWT iss)
-    mailbox: str
-    client_secret: str | None = None
-    refresh_token: str | None = None
-    rotate: bool = True
-    public_key: RSAKey | None = None
-    subjects: frozenset[str] = frozenset()   # service account: mailboxes it may act for
-    scope: str | None = None
-    revoked: bool = False
-    refresh_history: list[str] = field(default_factory=list)  # every refresh token ever issued
-
-
-@dataclass
-class AccessToken:
-    value: str
-    mailbox: str
-    grant: Grant
-    expires_at: float  # time.monotonic()
-
-
-class IdentityProvider:
+class IdentityProvider(GrantHandlers):
     """The stand-in server; thread-safe; start()/stop() or use it as a context manager."""
 
     def __init__(self, token_lifetime: float = 60, tls: bool = False, host: str = "127.0.0.1") -> None:
@@ -307,128 +269,3 @@ class IdentityProvider:
                 return {"active": False}
             return {"active": True, "username": token.mailbox,
                     "exp": int(time.time() + token.expires_at - time.monotonic())}
-
-    # ------------------------------------------------------------------ grants (lock held)
-
-    def _grant(self, path: str, grant_type: str, form: dict[str, str], authorization: str | None) -> dict[str, Any]:
-        if grant_type == "client_credentials":
-            grant = self._authenticate_client(form, authorization, "client_credentials")
-            if form.get("scope") != grant.scope:
-                raise OAuthError(400, "invalid_scope",
-                                 f"AADSTS1002012: The provided value for scope {form.get('scope')} is not valid.",
-                                 "Invalid OAuth scope or ID token audience provided.")
-            self._check_not_revoked(grant, client_credentials=True)
-            return self._token_answer(grant)
-        if grant_type == "refresh_token":
-            return self._refresh(form, authorization)
-        if grant_type == JWT_BEARER:
-            return self._jwt_bearer(path, form)
-        raise OAuthError(400, "unsupported_grant_type",
-                         f"AADSTS70003: The app requested an unsupported grant type '{grant_type}'.",
-                         f"Invalid grant_type: {grant_type}")
-
-    def _authenticate_client(self, form: dict[str, str], authorization: str | None, kind: str) -> Grant:
-        client_id = form.get("client_id") or basic_user(authorization) or ""
-        secret = form.get("client_secret") or basic_password(authorization)
-        grant = next((g for g in self._grants if g.kind == kind and g.client_id == client_id), None)
-        if grant is None:
-            raise OAuthError(400, "unauthorized_client",
-                             f"AADSTS700016: Application with identifier '{client_id}' was not found in the directory.",
-                             "The OAuth client was not found.")
-        if not secrets.compare_digest((secret or "").encode(), (grant.client_secret or "").encode()):
-            raise OAuthError(401, "invalid_client",
-                             "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent "
-                             "in the request is the client secret value, not the client secret ID.",
-                             "Unauthorized")
-        return grant
-
-    def _refresh(self, form: dict[str, str], authorization: str | None) -> dict[str, Any]:
-        grant = self._by_refresh.get(form.get("refresh_token", ""))
-        if grant is None:
-            raise OAuthError(400, "invalid_grant",
-                             "AADSTS70000: The provided value for the 'refresh_token' is not valid: "
-                             "it was already used (rotated) or never issued.",
-                             "Bad Request")
-        client_id = form.get("client_id") or basic_user(authorization) or ""
-        secret = form.get("client_secret") or basic_password(authorization)
-        if client_id != grant.client_id or (grant.client_secret is not None and not secrets.compare_digest(
-                (secret or "").encode(), grant.client_secret.encode())):
-            raise OAuthError(401, "invalid_client",
-                             "AADSTS7000215: Invalid client secret provided.", "Unauthorized")
-        self._check_not_revoked(grant)
-        if grant.rotate:
-            del self._by_refresh[form["refresh_token"]]
-            self._issue_refresh(grant)
-            return {**self._token_answer(grant), "refresh_token": grant.refresh_token}
-        return self._token_answer(grant)
-
-    def _jwt_bearer(self, path: str, form: dict[str, str]) -> dict[str, Any]:
-        assertion = form.get("assertion", "")
-        issuer = assertion_issuer(form)
-        grant = next((g for g in self._grants if g.kind == "service_account" and g.client_id == issuer), None)
-        if grant is None or grant.public_key is None:
-            raise OAuthError(400, "invalid_grant", "AADSTS50027: JWT token is invalid or malformed.",
-                             "Invalid grant: account not found")
-        try:
-            token = jwt.decode(assertion, grant.public_key, algorithms=["RS256"])
-        except (jose_errors.JoseError, ValueError):
-            raise OAuthError(400, "invalid_grant", "AADSTS7000274: Invalid JWT signature.",
-                             "Invalid JWT Signature.") from None
-        now = int(time.time())
-        claims = token.claims
-        registry = jwt.JWTClaimsRegistry(
-            now=now, leeway=CLOCK_SKEW,
-            iss={"essential": True, "value": grant.client_id},
-            aud={"essential": True, "value": self.url + path},
-            exp={"essential": True}, iat={"essential": True}, scope={"essential": True})
-        try:
-            registry.validate(claims)
-            if int(claims["exp"]) - int(claims["iat"]) > MAX_ASSERTION_LIFETIME:
-                raise ValueError("lifetime")
-        except (jose_errors.JoseError, ValueError, TypeError):
-            raise OAuthError(400, "invalid_grant", "AADSTS50013: Assertion failed signature validation.",
-                             "Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
-                             "reasonable timeframe. Check your iat and exp values.") from None
-        subject = str(claims.get("sub", "")).lower()
-        if grant.scope not in str(claims["scope"]).split() or subject not in grant.subjects:
-            raise OAuthError(401, "unauthorized_client",
-                             "AADSTS700027: Client assertion failed signature validation.",
-                             "Client is unauthorized to retrieve access tokens using this method, or "
-                             "client not authorized for any of the scopes requested.")
-        self._check_not_revoked(grant)
-        return self._token_answer(grant, mailbox=subject)
-
-    def _check_not_revoked(self, grant: Grant, client_credentials: bool = False) -> None:
-        if not grant.revoked:
-            return
-        if client_credentials:
-            raise OAuthError(400, "unauthorized_client",
-                             f"AADSTS7000112: Application '{grant.client_id}' is disabled.",
-                             "The OAuth client was disabled.")
-        raise OAuthError(400, "invalid_grant",
-                         "AADSTS50173: The provided grant has expired due to it being revoked, a fresh "
-                         "auth token is needed. The user might have changed or reset their password.",
-                         "Token has been expired or revoked.")
-
-    def _token_answer(self, grant: Grant, mailbox: str | None = None) -> dict[str, Any]:
-        token = self._issue_access(grant, None, mailbox)
-        return {"access_token": token.value, "token_type": "Bearer",
-                "expires_in": max(1, round(token.expires_at - time.monotonic()))}
-
-    def _issue_access(self, grant: Grant, lifetime: float | None, mailbox: str | None = None) -> AccessToken:
-        value = "at-" + secrets.token_urlsafe(24)
-        token = AccessToken(value, mailbox or grant.mailbox, grant,
-                            time.monotonic() + (self.token_lifetime if lifetime is None else lifetime))
-        self._tokens[value] = token
-        self._remember(value)
-        self._issued_access.append((value, token.mailbox))
-        return token
-
-    def _issue_refresh(self, grant: Grant) -> None:
-        grant.refresh_token = "rt-" + secrets.token_urlsafe(24)
-        grant.refresh_history.append(grant.refresh_token)
-        self._by_refresh[grant.refresh_token] = grant
-        self._remember(grant.refresh_token)
-
-    def _remember(self, value: str) -> None:
-        self._issued.append(value)
