@@ -22,7 +22,7 @@ from tenant_proc.spec import ImapSettings, Secret, TenantSpec
 from tests.arbiter.test_faults import make_tenants
 from tests.harness.faultlib import write_spy
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 
 integration = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from tests.handlers.test_webhook import (
     _wait_ledger,
     receiver,  # noqa: F401 (fixture)
 )
-from tests.servers.imap.dovecot import make_message
+from tests.servers.imap.mail_helpers import make_message
 from tests.servers.webhook_receiver import Reply
 
 

@@ -12,7 +12,8 @@ import pytest
 from ipc import protocol
 from tenant_proc.spec import TenantSpec
 from tests.process.test_tenant_process import WAIT, make_spec, tenants  # noqa: F401 (fixture)
-from tests.servers.imap.dovecot import Dovecot, make_message
+from tests.servers.imap.dovecot import Dovecot
+from tests.servers.imap.mail_helpers import make_message
 
 pytestmark = pytest.mark.integration
 
