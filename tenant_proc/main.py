@@ -21,7 +21,7 @@ from tenant_proc.mail.mailbox import Mailbox
 from tenant_proc.mail.replay import Replayer
 from tenant_proc.process.control import Control
 from tenant_proc.process.title import set_title
-from tenant_proc.session import Session
+from tenant_proc.session.loop import Session
 from tenant_proc.signin import login as signin
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store.api import LeaseLost

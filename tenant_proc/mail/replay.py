@@ -23,7 +23,8 @@ from tenant_proc.store.failed_ledger import ledger_for
 if TYPE_CHECKING:
     from imapclient import IMAPClient
 
-    from tenant_proc.mail.mailbox import Mailbox, Notice
+    from tenant_proc.mail.mailbox import Mailbox
+    from tenant_proc.mail.notice import Notice
 
 FAILED_GAUGE = "failed_in_ledger"
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tenant_proc.session import first_poll_at, next_poll_at
+from tenant_proc.session.timing import first_poll_at, next_poll_at
 from tests.harness.supervisor_run import SupervisorRun, TenantEntry
 from tests.servers.imap.mail_helpers import make_message
 

@@ -305,7 +305,7 @@ def test_reconcile_notices_a_uidvalidity_change_while_connected(tmp_path):
     """Dovecot ends a renumbered session itself ("IMAP session state is inconsistent"); other
     servers may not: the reconcile asks STATUS and resynchronises without a reconnect."""
     from tenant_proc.mail.mailbox import Mailbox
-    from tenant_proc.session import Session
+    from tenant_proc.session.loop import Session
     from tenant_proc.store.sqlite import SqliteStore
     from tests.imap.test_throttle_and_policy import _FakeControl, _NullLog
 

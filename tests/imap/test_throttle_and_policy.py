@@ -16,10 +16,11 @@ import pytest
 from imapclient.exceptions import LoginError
 
 from tenant_proc import errors
-from tenant_proc import session as session_mod
 from tenant_proc.errors import ConnectionLost, FatalError
 from tenant_proc.imap import connect
 from tenant_proc.process.control import StopRequested
+from tenant_proc.session import loop as session_mod
+from tenant_proc.session.timing import reconnect_delay
 from tenant_proc.signin.login import login
 from tenant_proc.spec import ImapSettings, Secret, TenantSpec
 
@@ -45,13 +46,13 @@ def test_suggested_backoff_is_parsed_from_exchange_throttling():
 
 def test_reconnect_delay_honours_the_server_and_jitters_otherwise():
     rng = random.Random(1)
-    plain = [session_mod.reconnect_delay(4.0, OSError("reset"), rng) for _ in range(200)]
+    plain = [reconnect_delay(4.0, OSError("reset"), rng) for _ in range(200)]
     assert 3.2 <= min(plain) and max(plain) <= 4.8 and len(set(plain)) > 100
-    throttled = [session_mod.reconnect_delay(1.0, ConnectionLost(THROTTLED), rng) for _ in range(200)]
+    throttled = [reconnect_delay(1.0, ConnectionLost(THROTTLED), rng) for _ in range(200)]
     assert min(throttled) >= 299.91  # never earlier than the server asked
     assert max(throttled) <= 299.91 * 1.2
     # a suggestion below our own backoff does not shorten it
-    assert session_mod.reconnect_delay(60.0, ConnectionLost("Suggested Backoff Time: 5 ms"), rng) >= 48
+    assert reconnect_delay(60.0, ConnectionLost("Suggested Backoff Time: 5 ms"), rng) >= 48
 
 
 class _FakeControl:

@@ -18,7 +18,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tenant_proc.mail.mailbox import Mailbox, Notice
+from tenant_proc.mail.mailbox import Mailbox
+from tenant_proc.mail.notice import Notice
 from tenant_proc.spec import ImapSettings, Secret, StateSpec, TenantSpec
 from tenant_proc.store.sqlite import SqliteStore
 from tests.imap.test_throttle_and_policy import _FakeControl, _NullLog

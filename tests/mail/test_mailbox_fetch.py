@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tenant_proc.mail.mailbox import Mailbox, Notice
+from tenant_proc.mail.mailbox import Mailbox
+from tenant_proc.mail.notice import Notice
 from tenant_proc.spec import ImapSettings, Secret, StateSpec, TenantSpec
 from tenant_proc.store.sqlite import SqliteStore
 

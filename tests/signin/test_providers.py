@@ -97,7 +97,7 @@ def test_throttled_or_down_token_endpoint_is_transient(idp: IdentityProvider, tm
     with pytest.raises(ConnectionLost) as throttled:
         idp.answer_errors(1, status=429, retry_after=7)
         provider_for(spec)(None)
-    from tenant_proc.session import reconnect_delay
+    from tenant_proc.session.timing import reconnect_delay
     assert reconnect_delay(1.0, throttled.value) >= 7.0  # the session waits what the endpoint asked
     idp.answer_errors(1, status=503)
     with pytest.raises(ConnectionLost, match="HTTP 503"):

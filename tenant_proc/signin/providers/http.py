@@ -145,7 +145,7 @@ def _status_first(response: Any) -> Any:
 def _busy(where: str, exc: _EndpointBusy) -> ConnectionLost:
     text = f"{where} unavailable: HTTP {exc.status}"
     if exc.retry_after is not None:
-        # The wording session.reconnect_delay() honours (tenant_proc.errors.suggested_backoff).
+        # The wording the session's reconnect_delay() honours (tenant_proc.errors.suggested_backoff).
         text += f", Retry-After {exc.retry_after:g}s (Suggested Backoff Time: {int(exc.retry_after * 1000)} ms)"
     return ConnectionLost(text)
 

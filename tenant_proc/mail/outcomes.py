@@ -1,0 +1,143 @@
+"""What becomes of one UID: processed, a duplicate, a failed attempt to retry, given up on; and
+the checkpoint that moves past it. Every outcome is a ledger row before the checkpoint moves.
+
+A mixin of Mailbox (mailbox.py), as the arbiter's halves are of the Arbiter: it records
+outcomes in the mailbox's store and moves the mailbox's checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from ipc import protocol
+from tenant_proc.mail.notice import Notice
+from tenant_proc.mail.processed_rows import HeldProcessedRow
+from tenant_proc.process.control import Control
+from tenant_proc.spec import TenantSpec
+from tenant_proc.store.api import Checkpoint, StateStore
+
+
+class LedgerOutcomes:
+    # The mailbox's (tenant_proc/mail/mailbox.py): annotations only, nothing defined at runtime.
+    spec: TenantSpec
+    store: StateStore
+    control: Control
+    log: logging.LoggerAdapter
+    checkpoint: Checkpoint | None
+    retry_uid: int | None
+    retry_at: float | None
+    progress: int
+    dedupe_until: int | None
+    held_row: HeldProcessedRow
+
+    def _retry_pending(self, uid: int) -> bool:
+        return self.retry_uid == uid and self.retry_at is not None and time.monotonic() < self.retry_at
+
+    def _server_busy(self, uid: int, error: str, asked: float | None) -> bool:
+        """Throttled or unavailable: not the email's fault, so no attempt is counted; wait what
+        the server asked (else retry_interval) and fetch it again."""
+        delay = asked if asked is not None else self.spec.imap.retry_interval
+        self.log.warning("server busy fetching uid %d: %s; fetching again in %.1fs", uid, error, delay)
+        self.control.last_error = f"server busy: {error}"[:200]
+        self.retry_uid, self.retry_at = uid, time.monotonic() + delay
+        return False
+
+    def _recorded(self, uid: int, message_id: str | None, latency: float) -> None:
+        """The processed row is durable: move on and tell the parent."""
+        assert self.checkpoint is not None
+        self._advance(uid, persist=False)
+        self.control.counters["processed"] += 1
+        self.log.info("processed uid %d %s in %.3fs", uid, message_id, latency)
+        self.control.send_soon(
+            protocol.processed(uid, self.checkpoint.uidvalidity, message_id, "processed", latency))
+
+    def _already_handled(self, uid: int, message_id: str | None) -> bool:
+        """Message-ID deduplication: within [imap] dedupe_window, and for the UIDs a
+        UIDVALIDITY change renumbered (against what the old UIDVALIDITY handled)."""
+        lookup = getattr(self.store, "handled_message_id", None)
+        if not message_id or lookup is None:
+            return False
+        assert self.checkpoint is not None
+        window = self.spec.imap.dedupe_window
+        if window > 0 and lookup(self.spec.id, message_id, since=time.time() - window):
+            return True
+        return (self.dedupe_until is not None and uid <= self.dedupe_until
+                and lookup(self.spec.id, message_id, not_uidvalidity=self.checkpoint.uidvalidity))
+
+    def _duplicate(self, uid: int, message_id: str, notice: Notice) -> bool:
+        spec = self.spec
+        assert self.checkpoint is not None
+        self.store.mark_done(spec.id, spec.folder, self.checkpoint.uidvalidity, uid, message_id, "duplicate")
+        self._advance(uid, persist=False)
+        self.log.info("uid %d %s: already handled, recorded as duplicate", uid, message_id)
+        self.control.send(protocol.processed(uid, self.checkpoint.uidvalidity, message_id, "duplicate",
+                                             time.monotonic() - notice.mono))
+        return True
+
+    def _begin_attempt(self, uidvalidity: int, uid: int) -> tuple[str | None, int]:
+        """The UID's previous ledger status and attempts; marks it "handling" where it can,
+        in one transaction with the held processed row of the previous email (processed_rows.py)."""
+        combined = self.held_row.begin_with(uidvalidity, uid)
+        if combined is not None:
+            return combined
+        spec = self.spec
+        begin = getattr(self.store, "begin_attempt", None)
+        if begin is not None:
+            return begin(spec.id, spec.folder, uidvalidity, uid)
+        done = self.store.is_done(spec.id, spec.folder, uidvalidity, uid)
+        return ("processed" if done else None), 0
+
+    def _attempt_failed(
+        self, uid: int, message_id: str | None, error: str, notice: Notice, what: str = "fetch",
+        wait: bool = True, permanent: bool = False,
+    ) -> bool:
+        """One failed attempt at this UID (the handler raised, or the server would not give the
+        email): retried after retry_interval, given up after max_attempts."""
+        spec = self.spec
+        assert self.checkpoint is not None
+        error = error[:500]
+        attempts = self.store.record_attempt_failure(
+            spec.id, spec.folder, self.checkpoint.uidvalidity, uid, message_id, error
+        )
+        self.log.warning(
+            "%s failed on uid %d (attempt %d/%d): %s", what, uid, attempts, spec.imap.max_attempts, error
+        )
+        self.control.last_error = f"{what}: {error}"[:200]
+        # permanent: the handler knows a retry cannot help (PermanentHandlerError: webhook HTTP 400).
+        if attempts < spec.imap.max_attempts and not permanent:
+            if wait:
+                self.retry_uid = uid
+                self.retry_at = time.monotonic() + spec.imap.retry_interval
+            return False
+        return self._give_up(uid, message_id, attempts, error, notice)
+
+    def _give_up(self, uid: int, message_id: str | None, attempts: int, error: str, notice: Notice) -> bool:
+        """Record the UID as failed and move past it: one poison email never blocks a mailbox."""
+        spec = self.spec
+        assert self.checkpoint is not None
+        latency = time.monotonic() - notice.mono
+        self.store.mark_done(
+            spec.id, spec.folder, self.checkpoint.uidvalidity, uid, message_id, "failed", error
+        )
+        self._advance(uid, persist=False)
+        self.control.counters["failed"] += 1
+        self.log.error("gave up on uid %d %s after %d attempts: %s", uid, message_id, attempts, error)
+        self.control.send(
+            protocol.processed(uid, self.checkpoint.uidvalidity, message_id, "failed", latency)
+        )
+        return True
+
+    def _advance(self, uid: int, persist: bool = True) -> None:
+        """Move the checkpoint past uid; persist=False when mark_done already stored it."""
+        assert self.checkpoint is not None
+        if uid > self.checkpoint.last_uid:
+            self.checkpoint = Checkpoint(self.checkpoint.uidvalidity, uid)
+            self.progress += 1
+            if persist:
+                self.store.save_checkpoint(self.spec.id, self.spec.folder, self.checkpoint)
+        if self.retry_uid is not None and uid >= self.retry_uid:
+            self._clear_retry()
+
+    def _clear_retry(self) -> None:
+        self.retry_uid = None
+        self.retry_at = None
