@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,11 @@ def cmd_authorize(args: argparse.Namespace) -> int:
         where = store(spec, consent)
     except (ConsentError, ConfigError, MissingDependency) as exc:
         print(f"{PROG}: authorize {args.tenant_id}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: still one line, and without its text, which could hold a secret
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        print(f"{PROG}: authorize {args.tenant_id}: unexpected {type(exc).__name__} at "
+              f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}: nothing stored", file=sys.stderr)
         return 1
     told = _tell(Path(spec.state.state_dir))
     print(f"tenant {spec.id}: authorized as {consent.account}; refresh token stored in {where}; {told}")

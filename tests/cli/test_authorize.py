@@ -210,3 +210,20 @@ def wait_until(predicate, timeout: float) -> None:  # type: ignore[no-untyped-de
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_a_bug_is_still_one_line_without_its_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from supervisor.cli import authorize, main
+
+    def broken(config: object, tenant_id: str) -> None:
+        raise RuntimeError("text that could quote a secret")
+
+    monkeypatch.setattr(authorize, "tenant_to_authorize", broken)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[supervisor]\nstate_dir = "{tmp_path / "state"}"\n')
+    assert main(["authorize", "contoso", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"idle-supervisor: authorize contoso: unexpected RuntimeError at "
+                        r"test_authorize\.py:\d+ in broken: nothing stored\n", err), err
+    assert "secret" not in err

@@ -76,6 +76,8 @@ def post_form(oauth: OAuthSpec, url: str, form: dict[str, str],
             raise ConsentError(f"{host}: certificate verification failed (set token_ca_file for a "
                                "private CA)") from None
         raise Unavailable(f"cannot reach {host}: {shown(errors.scrub(str(exc), secrets))}") from None
+    except httpx.HTTPError as exc:  # a body that cannot be decoded, and the like
+        raise ConsentError(f"{host}: {type(exc).__name__}: {shown(errors.scrub(str(exc), secrets))}") from None
     return _answer(host, response.status_code, bytes(body), secrets)
 
 

@@ -1,6 +1,7 @@
 """HTTP plumbing of the identity-provider stand-in (tests/servers/oauth/idp.py): a threaded server (TLS
 handshakes in the connection's thread), a keep-alive handler that routes `.../token`,
-`.../introspect` and the consent pages (idp_consent.py), and the small parsers for client_secret_basic and a JWT assertion's issuer."""
+`.../introspect` and the consent pages (idp_consent.py), and the small parsers for
+client_secret_basic and a JWT assertion's issuer."""
 from __future__ import annotations
 
 import base64
