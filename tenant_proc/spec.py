@@ -138,6 +138,10 @@ class OAuthSpec:
     command: tuple[str, ...] = ()
     token_ca_file: str | None = None
     token_timeout: float = 10.0  # one token request or command run; well below heartbeat_timeout
+    # `idle-supervisor authorize` only (the tenant process never uses them): the browser flow's
+    # authorization endpoint and the device flow's device authorization endpoint.
+    authorize_url: str = ""
+    device_url: str = ""
 
     def label(self) -> str:
         return f"{self.provider} {self.flow}" if self.flow else self.provider

@@ -1,5 +1,5 @@
-"""`idle-supervisor`'s parser and its commands run, reload, stop, check and cluster (status and
-failed/retry have modules of their own beside this one).
+"""`idle-supervisor`'s parser and its commands run, reload, stop, check and cluster (status,
+failed/retry and authorize have modules of their own beside this one).
 
 Every error a user can cause ends in one line on stderr and a non-zero exit, never a traceback
 and never a secret.
@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from supervisor.cli.args import EXIT_USAGE, PROG, load, with_config
+from supervisor.cli.args import EXIT_USAGE, PROG, load, tell_supervisor, with_config
+from supervisor.cli.authorize import add_authorize_command
 from supervisor.cli.failed import add_commands as add_failed_commands
 from supervisor.cli.status import add_status_command
 from supervisor.config.settings import Config
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.set_defaults(func=cmd_cluster)
 
     add_failed_commands(sub)  # failed, retry
+    add_authorize_command(sub)
     return parser
 
 
@@ -93,26 +95,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # ---- reload / stop ----------------------------------------------------------------------
 
-def _running_pid(config: Config) -> int:
-    pid = read_pid(Path(config.supervisor.state_dir))
-    if pid is None:
-        raise ConfigError(f"no supervisor is running with state_dir {config.supervisor.state_dir}")
-    return pid
-
-
 def _ask_or_signal(config: Config, command: str, signum: signal.Signals) -> int:
-    """The control socket first (it names what it did); the pid file and a signal when the
-    supervisor does not answer there (an older one, or a socket that could not be created)."""
-    from supervisor.service.control import CommandError, ControlUnavailable, request
-
-    pid = _running_pid(config)
-    try:
-        request(Path(config.supervisor.state_dir), command)
-    except (ControlUnavailable, CommandError):
-        os.kill(pid, signum)
-        print(f"sent {signum.name} to supervisor pid {pid}")
-    else:
-        print(f"asked supervisor pid {pid} to {command} ({signum.name}) over the control socket")
+    told = tell_supervisor(Path(config.supervisor.state_dir), command, signum)
+    if told is None:
+        raise ConfigError(f"no supervisor is running with state_dir {config.supervisor.state_dir}")
+    pid, what = told
+    print(what)
     return pid
 
 

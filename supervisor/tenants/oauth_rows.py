@@ -23,6 +23,15 @@ DEFAULT_TOKEN_URLS = {
     "microsoft": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
     "google": "https://oauth2.googleapis.com/token",
 }
+# `idle-supervisor authorize` (the one-time consent): the browser flow's authorization endpoint
+# and the device flow's device authorization endpoint. Google allows no device flow for mail.
+DEFAULT_AUTHORIZE_URLS = {
+    "microsoft": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize",
+    "google": "https://accounts.google.com/o/oauth2/v2/auth",
+}
+DEFAULT_DEVICE_URLS = {
+    "microsoft": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/devicecode",
+}
 DEFAULT_SCOPES = {
     ("microsoft", "client_credentials"): "https://outlook.office365.com/.default",
     ("microsoft", "refresh_token"): "https://outlook.office365.com/.default offline_access",
@@ -34,7 +43,7 @@ OAUTH_KEYS = {
     "provider", "flow", "tenant", "client_id", "client_secret", "client_secret_env",
     "refresh_token", "refresh_token_env", "certificate_file", "certificate",
     "service_account_file", "service_account_json", "subject", "command", "token_url", "scope",
-    "token_ca_file", "token_timeout",
+    "token_ca_file", "token_timeout", "authorize_url", "device_url",
 }
 MAX_TOKEN_TIMEOUT = 25.0  # below the default heartbeat_timeout (30 s) with room to spare
 
@@ -76,11 +85,11 @@ def oauth_spec_from_row(row: Mapping[str, Any], environ: Mapping[str, str], base
         raise ConfigError("oauth.tenant (directory id or domain) is required for microsoft")
     if provider != "command" and not text["client_id"] and flow != "service_account":
         raise ConfigError("oauth.client_id is required")
-    if flow == "refresh_token":
-        if refresh_token is None:
-            raise ConfigError("oauth flow refresh_token needs refresh_token_env (or refresh_token)")
-        if provider == "google" and client_secret is None:
-            raise ConfigError("oauth google refresh_token needs client_secret_env (or client_secret)")
+    # flow refresh_token without a configured refresh token is valid: `idle-supervisor authorize`
+    # stores one in the state backend (signin/storage.py), and until then the tenant fails with
+    # a line saying to run it.
+    if flow == "refresh_token" and provider == "google" and client_secret is None:
+        raise ConfigError("oauth google refresh_token needs client_secret_env (or client_secret)")
     if flow == "client_credentials" and client_secret is None and certificate is None \
             and files["certificate_file"] is None:
         raise ConfigError("oauth client_credentials needs client_secret_env, client_secret, "
@@ -88,7 +97,12 @@ def oauth_spec_from_row(row: Mapping[str, Any], environ: Mapping[str, str], base
     if flow == "service_account" and service_account_json is None and files["service_account_file"] is None:
         raise ConfigError("oauth service_account needs service_account_file (or service_account_json)")
 
-    token_url = _token_url(table, provider, text["tenant"])
+    token_url = _endpoint_url(table, "token_url", DEFAULT_TOKEN_URLS, provider, text["tenant"])
+    authorize_url = _endpoint_url(table, "authorize_url", DEFAULT_AUTHORIZE_URLS, provider, text["tenant"])
+    if provider == "google" and table.get("device_url"):
+        raise ConfigError("oauth.device_url is for microsoft only: Google allows no device flow for "
+                          "mail scopes (idle-supervisor authorize uses the browser flow)")
+    device_url = _endpoint_url(table, "device_url", DEFAULT_DEVICE_URLS, provider, text["tenant"])
     scope = table.get("scope", DEFAULT_SCOPES[(provider, flow)])
     if not isinstance(scope, str):
         raise ConfigError("oauth.scope must be a string")
@@ -99,20 +113,24 @@ def oauth_spec_from_row(row: Mapping[str, Any], environ: Mapping[str, str], base
         certificate=certificate, service_account_file=files["service_account_file"],
         service_account_json=service_account_json, subject=text["subject"], command=command,
         token_ca_file=files["token_ca_file"], token_timeout=_timeout(table),
+        authorize_url=authorize_url, device_url=device_url,
     )
 
 
-def _token_url(table: Mapping[str, Any], provider: str, tenant: str) -> str:
-    if provider == "command":
+def _endpoint_url(table: Mapping[str, Any], key: str, defaults: Mapping[str, str], provider: str,
+                  tenant: str) -> str:
+    """An identity-provider endpoint (token_url, authorize_url, device_url): the configured URL or
+    the provider's default; https, or http to a loopback host only. "" where none applies."""
+    if provider == "command" or provider not in defaults:
         return ""
-    url = table.get("token_url") or DEFAULT_TOKEN_URLS[provider].format(tenant=tenant)
+    url = table.get(key) or defaults[provider].format(tenant=tenant)
     if not isinstance(url, str):
-        raise ConfigError("oauth.token_url must be a URL")
+        raise ConfigError(f"oauth.{key} must be a URL")
     parts = urlsplit(url)
     if not parts.hostname or parts.scheme not in ("https", "http"):
-        raise ConfigError(f"oauth.token_url {url!r} is not an http(s) URL")
+        raise ConfigError(f"oauth.{key} {url!r} is not an http(s) URL")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ConfigError("oauth.token_url must use https (http only on a loopback host)")
+        raise ConfigError(f"oauth.{key} must use https (http only on a loopback host)")
     return url
 
 

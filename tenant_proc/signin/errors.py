@@ -48,6 +48,8 @@ AADSTS_HINTS = {
                    "(client_credentials) or a conditional-access exception",
     "AADSTS53003": "blocked by conditional access: the customer's admin must allow the app",
     "AADSTS7000112": "the app is disabled in the customer's directory",
+    "AADSTS700025": "the app is a public client (a \"Mobile and desktop\" registration, or a token "
+                    "from the device flow): configure no client secret for this tenant",
     "AADSTS500011": "the resource principal is missing in the customer's directory: check scope",
 }
 # Errors that are a busy or broken server, not a bad grant.

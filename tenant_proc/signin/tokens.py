@@ -126,12 +126,18 @@ class TokenSource:
     # -- requests ------------------------------------------------------------------------------
 
     def _request(self, now: float) -> AccessToken:
+        refresh = self._refresh_token() if uses_refresh_token(self.spec) else None
+        if uses_refresh_token(self.spec) and refresh is None:
+            # Neither configured nor stored: nothing to ask the identity provider with, and
+            # nothing a retry could change until someone signs in.
+            raise FatalError("auth", f"{errors.who(self.spec)} sign-in failed: no refresh token yet: "
+                                     f"run `idle-supervisor authorize {self.spec.id}` (or set "
+                                     "refresh_token_env), then reload")
         if not self.budget.available(now):
             wait = self.budget.next_free(now)
             raise ConnectionLost(
                 f"{errors.who(self.spec)} token requests limited to {self.budget.limit} per hour: "
                 f"next in {wait:.0f}s (Suggested Backoff Time: {int(wait * 1000)} ms)")
-        refresh = self._refresh_token() if uses_refresh_token(self.spec) else None
         try:
             answer = self._ask(now, refresh)
         except FatalError:

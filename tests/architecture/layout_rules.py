@@ -38,6 +38,9 @@ FLOORS: dict[str, int] = {
     "tenant_proc.handler_loader": 39,  # an old import path of the handler API, kept for users
     "tenant_proc.session": 38,
     "tenant_proc.probe": 38,
+    # `idle-supervisor authorize`'s consent flows: beside sign-in, above it (they store what
+    # signin/storage.py reads); no tenant process imports them.
+    "tenant_proc.signin.consent": 37,
     "tenant_proc.mail": 36,
     "tenant_proc.signin": 36,
     "tenant_proc.imap": 34,

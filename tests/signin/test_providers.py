@@ -52,6 +52,19 @@ def test_refresh_token_rotation_through_the_stand_in(idp: IdentityProvider, tmp_
         TokenSource(spec).for_login()
 
 
+def test_a_public_clients_refresh_presents_no_secret_at_all(idp: IdentityProvider, tmp_path: Path) -> None:
+    """A "Mobile and desktop" registration (or the device flow, `idle-supervisor authorize
+    --device`): Entra ID refuses even an empty client_secret (AADSTS700025), as the stand-in does."""
+    grant = idp.add_refresh_grant("desktop-app", mailbox=MAILBOX)
+    table = {"provider": "microsoft", "flow": "refresh_token", "tenant": "contoso.onmicrosoft.com",
+             "client_id": "desktop-app", "refresh_token": grant.refresh_token,
+             "token_url": idp.microsoft_token_url()}
+    assert TokenSource(tenant(oauth_spec(table), tmp_path)).for_login().value.reveal().startswith("at-")
+    with pytest.raises(FatalError, match=r"invalid_client \(AADSTS700025\): the app is a public client"):
+        TokenSource(tenant(oauth_spec({**table, "client_secret": "not-for-a-public-client",
+                                       "refresh_token": grant.refresh_token}), tmp_path / "b")).for_login()
+
+
 def test_a_refresh_token_rotated_by_another_process_is_picked_up_from_the_store(
         idp: IdentityProvider, tmp_path: Path) -> None:
     """`check` (or a restarted instance) rotated the token the running tenant still holds: the

@@ -31,8 +31,12 @@ def fetch(spec: TenantSpec, refresh_token: Secret | None) -> TokenResponse:
         if refresh_token is None:
             raise FatalError("config", f"{errors.who(spec)}: flow refresh_token needs refresh_token")
         params = {"refresh_token": refresh_token.reveal(), "scope": oauth.scope}
+        # A public client (an app registered for "Mobile and desktop applications", or signed
+        # in with the device flow) must present no secret at all, not even an empty one: Entra
+        # ID refuses it with AADSTS700025. "none" sends client_id alone.
         return request_token(spec, "refresh_token", params, client_id=oauth.client_id,
-                             client_secret=secret, secrets=[refresh_token])
+                             client_secret=secret, auth_method="client_secret_post" if secret else "none",
+                             secrets=[refresh_token])
     params = {"scope": oauth.scope}
     if oauth.certificate or oauth.certificate_file:
         key_pem, thumbprint = _certificate(spec)

@@ -14,6 +14,8 @@ Dovecot with a token this server issued:
   Microsoft-shaped path, Google's wording otherwise.
 * ``/introspect``: Dovecot's ``introspection_mode = post`` (form ``token=...``) answered with
   ``{"active": true, "username": <mailbox>}`` or ``{"active": false}``.
+* ``idp.consent`` (tests/servers/oauth/idp_consent.py, idp_device.py): the authorize endpoint a
+  browser visits, the ``authorization_code`` grant with PKCE, ID tokens, the device flow.
 
 Tests steer it: short token lifetimes (seconds), ``revoke``, ``down``/``up`` (the listening socket
 is closed and reopened on the same port, open connections are cut), ``answer_errors`` (429 with
@@ -42,6 +44,8 @@ from typing import Any
 from joserfc.jwk import RSAKey
 
 from tests.servers.certs import session_certs
+from tests.servers.oauth.idp_device import GRANT_TYPES as CONSENT_GRANT_TYPES
+from tests.servers.oauth.idp_device import DeviceDesk
 from tests.servers.oauth.idp_grants import (
     GOOGLE_SCOPE,
     JWT_BEARER,
@@ -75,6 +79,8 @@ class IdentityProvider(GrantHandlers):
         self._server: IdpServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
+        # The authorize and device endpoints, the code and device grants (idp_consent.py).
+        self.consent = DeviceDesk(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -255,7 +261,8 @@ class IdentityProvider(GrantHandlers):
                 return status, {"error": error, "error_description": f"HTTP {status} from the stand-in"}, \
                     {"Retry-After": f"{retry_after:g}"}
             try:
-                answer = self._grant(path, grant_type, form, authorization)
+                answer = self.consent.redeem(grant_type, form) if grant_type in CONSENT_GRANT_TYPES \
+                    else self._grant(path, grant_type, form, authorization)
             except OAuthError as exc:
                 headers = {"WWW-Authenticate": "Basic"} if exc.status == 401 else {}
                 return exc.status, exc.body(microsoft), headers

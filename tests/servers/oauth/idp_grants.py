@@ -127,6 +127,11 @@ class GrantHandlers:
                              "Bad Request")
         client_id = form.get("client_id") or basic_user(authorization) or ""
         secret = form.get("client_secret") or basic_password(authorization)
+        if grant.client_secret is None and ("client_secret" in form or basic_password(authorization) is not None):
+            # A public client's refresh token (a desktop registration, the device flow): Entra ID
+            # refuses any secret presented with it, an empty one included.
+            raise OAuthError(401, "invalid_client", "AADSTS700025: Client is public so neither "
+                             "'client_assertion' nor 'client_secret' should be presented.", "Unauthorized")
         if client_id != grant.client_id or (grant.client_secret is not None and not secrets.compare_digest(
                 (secret or "").encode(), grant.client_secret.encode())):
             raise OAuthError(401, "invalid_client",

@@ -1,6 +1,7 @@
 """HTTP plumbing of the identity-provider stand-in (tests/servers/oauth/idp.py): a threaded server (TLS
-handshakes in the connection's thread), a keep-alive handler that routes `.../token` and
-`.../introspect`, and the small parsers for client_secret_basic and a JWT assertion's issuer."""
+handshakes in the connection's thread), a keep-alive handler that routes `.../token`,
+`.../introspect` and the consent pages (idp_consent.py), and the small parsers for
+client_secret_basic and a JWT assertion's issuer."""
 from __future__ import annotations
 
 import base64
@@ -64,11 +65,27 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, answer, headers)
         elif path.endswith("/introspect"):
             self._send(200, self.server.idp.handle_introspection(form))
+        elif (page := self.server.idp.consent.post(path, form)) is not None:
+            self._send_page(page)
         else:
             self._send(404, {"error": "not_found"})
 
     def do_GET(self) -> None:
-        self._send(405, {"error": "invalid_request", "error_description": "use POST"})
+        page = self.server.idp.consent.get(self.path)  # the authorize endpoint, the device page
+        if page is None:
+            self._send(405, {"error": "invalid_request", "error_description": "use POST"})
+        else:
+            self._send_page(page)
+
+    def _send_page(self, page: Any) -> None:
+        """An idp_consent.Page: status, body, content type, headers."""
+        self.send_response(page.status)
+        self.send_header("Content-Type", page.content_type)
+        self.send_header("Content-Length", str(len(page.body)))
+        for name, value in page.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(page.body)
 
     def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
