@@ -1,6 +1,6 @@
 """Issue 22 item 8: a finished ledger row never changes again, in every backend and through every
 write path: SQLite, the Supabase store's plain REST writes and its fenced SQL functions
-(sql/010_done_rows.sql), against a real PostgreSQL behind the PostgREST test server with the
+(sql/010_ledger.sql), against a real PostgreSQL behind the PostgREST test server with the
 real supabase-py client.
 
 The case that reopened one: a `processed` row whose checkpoint write timed out (so the UID is

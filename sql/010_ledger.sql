@@ -1,6 +1,9 @@
--- idle-supervisor: a finished ledger row never changes again (run once, after 001-009; running
--- it again is harmless).
+-- idle-supervisor: the ledger (run once, after 001-009; running it again is harmless):
+--   1. a finished ledger row never changes again;
+--   2. [cluster]: the instance that holds a company hears of replay marks (`idle-supervisor
+--      retry`, run on any machine), and `retry` can say which instance that is.
 --
+-- 1. Done rows.
 -- A done row (processed, failed, expunged, duplicate) was handed over, or given up on, exactly
 -- once. fenced_record_attempt's ON CONFLICT DO UPDATE did not look at the status: after a
 -- `processed` row whose checkpoint write timed out, a refused FETCH of that UID turned it back
@@ -144,8 +147,47 @@ begin
 end
 $$;
 
+-- 2. Replay marks in cluster mode. `retry` marks rows `replay` in the shared database and can
+-- signal only the supervisor on its own machine, while another instance may hold the company's
+-- lease. Every instance asks at each lease renewal (every lease_ttl / 3) which of the companies
+-- it holds have marks their company process can claim (at or below its checkpoint, under the
+-- current UIDVALIDITY: the same rows claim_replays takes), and forwards `replay` to those.
+create or replace function public.cluster_replay_marks(p_instance text)
+returns table (company_id text)
+language sql
+stable
+set search_path = ''
+as $$
+    select distinct e.company_id
+      from public.company_leases l
+      join public.imap_checkpoints k on k.company_id = l.company_id
+      join public.processed_emails e
+        on e.company_id = k.company_id and e.folder = k.folder
+       and e.uidvalidity = k.uidvalidity and e.uid <= k.last_uid
+     where l.owner = p_instance and l.expires_at > now() and e.status = 'replay'
+$$;
+
+-- The instance holding a company's live lease (the database's clock): one row, or none.
+create or replace function public.company_lease_holder(p_company text)
+returns table (owner text)
+language sql
+stable
+set search_path = ''
+as $$
+    select l.owner from public.company_leases l
+     where l.company_id = p_company and l.owner is not null and l.expires_at > now()
+$$;
+
 -- (create or replace keeps the privileges sql/002 and sql/006 gave the functions above.)
-revoke all on function public.idle_supervisor_is_done(text) from public, anon, authenticated;
-grant execute on function public.idle_supervisor_is_done(text) to service_role;
+revoke all on function
+    public.idle_supervisor_is_done(text),
+    public.cluster_replay_marks(text),
+    public.company_lease_holder(text)
+    from public, anon, authenticated;
+grant execute on function
+    public.idle_supervisor_is_done(text),
+    public.cluster_replay_marks(text),
+    public.company_lease_holder(text)
+    to service_role;
 
 commit;
