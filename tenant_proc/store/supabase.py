@@ -17,9 +17,9 @@ back or overwrite a finished ledger row:
 Created inside the tenant process, after the fork (see backend.open_store): nothing inherited.
 
 [cluster]: with a fencing token (spec.fencing_token) every write goes through the fenced_* SQL
-functions of sql/002_cluster.sql (as sql/006 and sql/010 redefine them) instead, each one transaction that first checks the company's
-lease still carries this token; is_done (asked before each handler call) also requires the lease
-to be unexpired. A refusal raises LeaseLost and the tenant exits: another instance owns the
+functions of sql/002_cluster.sql (as sql/006 and sql/010 redefine them) instead, each one
+transaction that first checks the company's lease still carries this token; is_done (asked
+before each handler call) also requires the lease to be unexpired. A refusal raises LeaseLost and the tenant exits: another instance owns the
 company now, and nothing this process does may land.
 """
 from __future__ import annotations
