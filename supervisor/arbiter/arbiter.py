@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ipc import protocol
 from supervisor.arbiter import tick_guard
 from supervisor.arbiter.child_messages import ChildMessages
 from supervisor.arbiter.exits import ChildExits
@@ -334,9 +333,7 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
             # heartbeat_timeout may have changed: every tenant's next look moves with it
             self.hung_checks.rebuild(list(self.records.values()),
                                      self.config.supervisor.heartbeat_timeout)
-        for record in self.records.values():  # `idle-supervisor retry` marked emails: look again
-            if record.handle is not None and record.handle.conn_open:
-                record.handle.send(protocol.replay())
+        self.tell_replay(list(self.records))  # `idle-supervisor retry` marked emails: look again
         sdnotify.ready()
         self.write_status_now()
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
+from ipc import protocol
 from supervisor.children.preload import preload_backends
 from supervisor.children.records import State, StopReason, TenantRecord, diff_tenants
 from supervisor.errors import ConfigError, SourceError
@@ -126,6 +127,16 @@ class TenantReconciler:
             self.status_dirty = True
         if actions.claim:
             self.next_refresh = now  # apply_tenants() claims through cluster.select()
+        # `idle-supervisor retry` marked some of our companies' emails, perhaps on another
+        # machine, whose SIGHUP reached only its own supervisor.
+        self.tell_replay(actions.replay)
+
+    def tell_replay(self, tids: Iterable[str]) -> None:
+        """Forward `replay` (look in the ledger for emails marked with `retry`) to these."""
+        for tid in tids:
+            record = self.records.get(tid)
+            if record is not None and record.handle is not None and record.handle.conn_open:
+                record.handle.send(protocol.replay())
 
     def change_tenant(self, record: TenantRecord, spec: Any, error: tuple[str, str] | None,
                       now: float) -> None:

@@ -4,6 +4,11 @@ Both read the ledger of the configured backend ([state]: state_dir/checkpoints.s
 Supabase's processed_emails). `retry` marks rows `replay` and sends the running supervisor a
 SIGHUP, which forwards `replay` to every tenant process; with no supervisor running the next
 start picks the marks up (every tenant looks for them when it starts).
+
+In cluster mode the company may run on another machine, which no signal from here reaches:
+whichever instance holds its lease finds the marks at its next lease renewal (every
+lease_ttl / 3; sql/010 cluster_replay_marks) and tells its company process. So `retry` sends no
+signal then, and says which instance holds the company and how soon it hands the emails over.
 """
 from __future__ import annotations
 
@@ -63,7 +68,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
         print(f"{PROG}: tenant {args.tenant} has no failed email with UID "
               f"{', '.join(map(str, missing))}", file=sys.stderr)
     print(f"marked {len(marked)} email(s) of tenant {args.tenant} for another round")
-    if marked:
+    if marked and config.cluster.enabled:
+        print(cluster_hand_over(config, args.tenant))
+    elif marked:
         pid = read_pid(Path(config.supervisor.state_dir))
         if pid is None:
             print("the supervisor is not running: its next start hands them over")
@@ -71,6 +78,30 @@ def cmd_retry(args: argparse.Namespace) -> int:
             os.kill(pid, signal.SIGHUP)
             print(f"sent SIGHUP to supervisor pid {pid}: the tenant hands them over now")
     return 1 if missing else 0
+
+
+def cluster_hand_over(config: Config, tenant_id: str) -> str:
+    """What happens to a tenant's marks in cluster mode, and when (one line)."""
+    from supervisor.tenants.cluster import MAX_CALL_TIMEOUT
+    from tenant_proc.http_clients.supabase import close_client, describe_error, make_client
+
+    within = (f"at its next lease renewal, within {config.cluster.lease_ttl / 3:g}s "
+              "(lease_ttl / 3), once its company process is connected")
+    assert config.state.supabase_key is not None  # [cluster] needs the supabase backend
+    key = config.state.supabase_key.reveal()
+    client = make_client(config.state.supabase_url, key, timeout=MAX_CALL_TIMEOUT)
+    try:
+        rows = client.rpc("company_lease_holder", {"p_company": tenant_id}).execute().data
+    except Exception as exc:
+        return (f"cluster mode: could not read which instance holds tenant {tenant_id} "
+                f"({describe_error(exc, key)}); the one that does hands them over {within}")
+    finally:
+        close_client(client)
+    holder = rows[0]["owner"] if rows else None
+    if not holder:
+        return (f"cluster mode: no live instance holds tenant {tenant_id} now; the one that "
+                "claims it hands them over when it starts the company")
+    return f"cluster mode: instance {holder} holds tenant {tenant_id} and hands them over {within}"
 
 
 @contextmanager

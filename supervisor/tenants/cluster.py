@@ -5,7 +5,9 @@ The arbiter calls this at three points only:
    and keeps only the companies it holds, each spec carrying its lease's fencing token;
 2. every housekeeping tick: `cluster.maintain(now, alive)` heartbeats and renews every ttl/3,
    and says which companies were lost (stop at once), which to hand back (stop gracefully;
-   the lease is released here once the process has exited) and whether to claim more;
+   the lease is released here once the process has exited), whether to claim more, and which
+   have emails marked for replay (`idle-supervisor retry`, run on whichever machine: tell
+   their processes, as a SIGHUP does);
 3. cleanup, after every child is reaped: `cluster.leave()` releases every lease.
 
 Every database call is bounded by a short timeout and a failure is one log line; the loop never
@@ -124,6 +126,7 @@ class ClusterActions:
     lost: list[str] = field(default_factory=list)  # stop at once: the lease is gone
     hand_back: list[str] = field(default_factory=list)  # stop gracefully; released after exit
     claim: bool = False  # below the fair share and companies are free: apply_tenants soon
+    replay: list[str] = field(default_factory=list)  # held, with rows marked `replay`: tell them
 
 
 class Cluster:
@@ -150,6 +153,7 @@ class Cluster:
         self.target: int | None = None
         self.last_renew_ok: float | None = None  # monotonic start of the last good renew
         self.totals = {"claimed": 0, "lost": 0, "handed_back": 0, "released": 0}
+        self.replay_marks = True  # False once the database turned out not to have sql/010
 
     # ---- called by the arbiter ----------------------------------------------------------
 
@@ -180,6 +184,7 @@ class Cluster:
                 view = ClusterView.parse(self._rpc(client, "cluster_heartbeat", self._hello()))
                 rows = self._rpc(client, "renew_leases",
                                  {"p_instance": self.instance_id, "p_ttl": self.ttl})
+                marked = self._replay_marks(client)
         except Exception as exc:
             log.error("cluster: heartbeat/renew failed: %s", self._describe(exc))
             if (self.last_renew_ok is not None and now - self.last_renew_ok >= self.ttl
@@ -201,6 +206,7 @@ class Cluster:
                      _few(adopted))
             self.held.update(adopted)
             actions.claim = True
+        actions.replay = sorted(marked & set(self.held))
         if self._settled(now, view):
             plan = self._plan(view)
             if plan.release:
@@ -291,6 +297,24 @@ class Cluster:
             self.releasing[cid] = self.held.pop(cid)
         log.info("cluster: claimed %d companies (fair share %s, now holding %d): %s",
                  len(claimed), self.target, len(self.held), _few(claimed))
+
+    def _replay_marks(self, client: Any) -> set[str]:
+        """Companies held here whose process can claim rows marked `replay` (sql/010). A failure
+        is one line and an empty answer: the renewal it rides with must not fail for it."""
+        if not self.replay_marks:
+            return set()
+        try:
+            rows = self._rpc(client, "cluster_replay_marks", {"p_instance": self.instance_id})
+        except Exception as exc:
+            if getattr(exc, "code", None) in ("PGRST202", "42883"):
+                self.replay_marks = False
+                log.warning("cluster: the database has no cluster_replay_marks(): run "
+                            "sql/010_ledger.sql, else `retry` reaches a company only when its "
+                            "process restarts or its holder gets SIGHUP")
+            else:
+                log.error("cluster: reading replay marks failed: %s", self._describe(exc))
+            return set()
+        return {str(r["company_id"]) for r in rows or []}
 
     def _drop_lost(self, renewed: dict[str, int]) -> list[str]:
         lost = [c for c, t in self.held.items() if renewed.get(c) != t]

@@ -93,6 +93,8 @@ class LedgerOutcomes:
     ) -> bool:
         """One failed attempt at this UID (the handler raised, or the server would not give the
         email): retried after retry_interval, given up after max_attempts."""
+        if what == "fetch" and self._finished_before(uid):
+            return True
         spec = self.spec
         assert self.checkpoint is not None
         error = error[:500]
@@ -110,6 +112,19 @@ class LedgerOutcomes:
                 self.retry_at = time.monotonic() + spec.imap.retry_interval
             return False
         return self._give_up(uid, message_id, attempts, error, notice)
+
+    def _finished_before(self, uid: int) -> bool:
+        """The FETCH of a UID the ledger shows done failed: its row was written but the
+        checkpoint write after it was lost (the Supabase ledger writes the two apart, and a
+        request can time out between them). Move past it: a done row never changes and its
+        email is never handed over again, however the server treats that UID now."""
+        spec = self.spec
+        assert self.checkpoint is not None
+        if not self.store.is_done(spec.id, spec.folder, self.checkpoint.uidvalidity, uid):
+            return False
+        self.log.info("uid %d is finished in the ledger already: moving past it", uid)
+        self._advance(uid)
+        return True
 
     def _give_up(self, uid: int, message_id: str | None, attempts: int, error: str, notice: Notice) -> bool:
         """Record the UID as failed and move past it: one poison email never blocks a mailbox."""

@@ -7,6 +7,14 @@ end of a catch-up, when the IMAP connection is free: the marked UIDs, oldest fir
 and handed to the mailbox's usual handling, which records their outcome in the ledger. They all
 lie at or below the checkpoint, which never moves back; processed emails are never touched.
 
+A claimed row is `retrying` (or `handling`) at or below the checkpoint, where the mailbox never
+looks: only this replayer brings it back. So a replay that something interrupts (the connection
+breaks, a store write fails) stays pending, and the catch-up after the reconnect claims the
+same rows again (claim_replays returns them); a restart does the same, since a new process
+starts pending. A FETCH that breaks the connection counts as an attempt of the email it named
+alone, as on the mailbox's own path, so an email that breaks every session ends `failed` again
+after max_attempts instead of a reconnect loop.
+
 It also keeps the heartbeat counter `failed_in_ledger` (how many of this tenant's emails are
 `failed` now) current: counted at start, after a replay and after the mailbox gives one up.
 """
@@ -14,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from tenant_proc.imap.fetching import fetch_bodies
+from tenant_proc.errors import ConnectionLost
+from tenant_proc.imap.fetching import FetchBroken, fetch_bodies
 from tenant_proc.process.control import Control
 from tenant_proc.store.failed_ledger import ledger_for
 
@@ -37,6 +46,9 @@ class Replayer:
         self.ledger = ledger_for(mailbox.store)
         self.pending = True  # at start: rows may have been marked while this tenant was down
         self._failed_at_last_count: int | None = None
+        # A FETCH of several marked UIDs broke the connection: fetch them one at a time, so the
+        # next break names its email (Mailbox.fetch_singly_until is the same for new mail).
+        self.singly = False
         mailbox.replay = self
         control.on_replay = self.request
 
@@ -52,22 +64,45 @@ class Replayer:
     def run(self, client: IMAPClient, notice: Notice) -> None:
         """Called at the end of every catch-up; cheap when nothing is marked."""
         if self.pending and self.mailbox.checkpoint is not None:
-            self.pending = False
-            spec, checkpoint = self.mailbox.spec, self.mailbox.checkpoint
-            uids = self.ledger.claim_replays(spec.id, spec.folder, checkpoint.uidvalidity,
-                                             checkpoint.last_uid)
-            if uids:
-                self._hand_over(client, uids, notice)
+            self.pending = False  # a request arriving while we replay sets it again
+            if self._replay(client, notice):
+                self._come_back_later()
             self._count_failed()
         elif self._failed_at_last_count != self.control.counters["failed"]:
             self._count_failed()
 
-    def _hand_over(self, client: IMAPClient, uids: list[int], notice: Notice) -> None:
+    def _replay(self, client: IMAPClient, notice: Notice) -> bool:
+        """Claim the marked rows and hand them over; True when some must be tried again later."""
+        mailbox = self.mailbox
+        spec, checkpoint = mailbox.spec, mailbox.checkpoint
+        assert checkpoint is not None
+        saved_retry = (mailbox.retry_uid, mailbox.retry_at)
+        try:
+            uids = self.ledger.claim_replays(spec.id, spec.folder, checkpoint.uidvalidity,
+                                             checkpoint.last_uid)
+            return bool(uids) and self._hand_over(client, uids, notice)
+        except BaseException:
+            # Interrupted (ConnectionLost, a broken socket, StoreError, a stop): the claimed
+            # rows wait `retrying` below the checkpoint; the next catch-up claims them again.
+            self.pending = True
+            raise
+        finally:
+            # The mailbox's retry bookkeeping is for the UID above the checkpoint; a failed
+            # replay set it for its own UID. Put it back.
+            mailbox.retry_uid, mailbox.retry_at = saved_retry
+
+    def _come_back_later(self) -> None:
+        """Some failed again with attempts left: the next round after retry_interval."""
+        mailbox = self.mailbox
+        self.pending = True
+        if mailbox.retry_uid is None:
+            mailbox.retry_at = time.monotonic() + mailbox.spec.imap.retry_interval
+
+    def _hand_over(self, client: IMAPClient, uids: list[int], notice: Notice) -> bool:
         mailbox = self.mailbox
         self.log.info("replaying %d email(s) marked for retry: UIDs %s", len(uids),
                       ", ".join(map(str, uids[:20])) + (" ..." if len(uids) > 20 else ""))
         self.control.set_state("processing")
-        saved_retry = (mailbox.retry_uid, mailbox.retry_at)
         again = False
         size_batch = mailbox.spec.imap.batch_size
         for start in range(0, len(uids), max(size_batch, 1)):
@@ -76,7 +111,11 @@ class Replayer:
                      for uid, item in client.fetch(batch, ["RFC822.SIZE"]).items()
                      if b"RFC822.SIZE" in item}
             limit = mailbox.spec.imap.max_message_bytes
-            fetched = fetch_bodies(client, [u for u in batch if u in sizes], sizes, limit)
+            try:
+                fetched = fetch_bodies(client, [u for u in batch if u in sizes], sizes, limit,
+                                       singly=self.singly)
+            except FetchBroken as exc:
+                self._connection_broke(exc, notice)
             if fetched.busy is not None:  # the server said "not now": the next round, later
                 again = True
                 break
@@ -92,13 +131,18 @@ class Replayer:
                     done = mailbox._handle(uid, data, notice, truncated=sizes[uid] > limit)
                 if not done:
                     again = True  # it failed again, attempts remain: later
-        # The mailbox's retry bookkeeping is for the UID above the checkpoint; a failed replay
-        # set it for its own UID. Put it back, and come back after retry_interval.
-        mailbox.retry_uid, mailbox.retry_at = saved_retry
-        if again:
-            self.pending = True
-            if mailbox.retry_uid is None:
-                mailbox.retry_at = time.monotonic() + mailbox.spec.imap.retry_interval
+        self.singly = False
+        return again
+
+    def _connection_broke(self, broken: FetchBroken, notice: Notice) -> NoReturn:
+        """As Mailbox._connection_broke: a FETCH of one UID that broke the connection is that
+        email's attempt (the reconnect's backoff paces the next, not retry_interval); after a
+        FETCH of several, the next round fetches one at a time. Always raises."""
+        if len(broken.uids) == 1:
+            self.mailbox._attempt_failed(broken.uids[0], None, str(broken), notice, wait=False)
+        else:
+            self.singly = True
+        raise ConnectionLost(str(broken))
 
     def _gone(self, uid: int) -> None:
         spec, checkpoint = self.mailbox.spec, self.mailbox.checkpoint

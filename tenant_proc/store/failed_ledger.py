@@ -9,7 +9,8 @@ Statuses involved (sql/003): `failed` (given up), `replay` (an operator asked fo
 round). A claimed replay becomes `retrying` with its attempts reset, so the mailbox's own
 mark_done/record_attempt_failure finish it exactly like a new email; a `retrying` or `handling`
 row at or below the checkpoint can only be a replay in progress (new mail is always above it),
-so a replay interrupted by a crash is picked up again on the next start.
+so a replay interrupted by a crash is picked up again on the next start, and one interrupted by
+a broken connection or a failed write after the reconnect (tenant_proc/mail/replay.py).
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ back or overwrite a finished ledger row:
 - the checkpoint advances with `PATCH ... WHERE uidvalidity = V AND last_uid < uid`; only when
   no row exists yet is one inserted (insert-or-ignore);
 - a ledger row is inserted-or-ignored, and an existing one is only updated while it is still
-  'retrying' or 'handling' (a done row stays as it was: mark_done is idempotent);
+  'retrying' or 'handling' (a done row stays as it was: mark_done is idempotent, and a late
+  failure of a finished email counts nothing);
 - begin_attempt marks the UID 'handling' before the handler runs, as the SQLite store does
   (api.py): a write failing after the handler ran, or a death, hands the email over
   again as redelivered and counts the attempt, instead of re-running the handler unmarked.
@@ -16,9 +17,9 @@ back or overwrite a finished ledger row:
 Created inside the tenant process, after the fork (see backend.open_store): nothing inherited.
 
 [cluster]: with a fencing token (spec.fencing_token) every write goes through the fenced_* SQL
-functions of sql/002_cluster.sql instead, each one transaction that first checks the company's
-lease still carries this token; is_done (asked before each handler call) also requires the lease
-to be unexpired. A refusal raises LeaseLost and the tenant exits: another instance owns the
+functions of sql/002_cluster.sql (as sql/006 and sql/010 redefine them) instead, each one
+transaction that first checks the company's lease still carries this token; is_done (asked
+before each handler call) also requires the lease to be unexpired. A refusal raises LeaseLost and the tenant exits: another instance owns the
 company now, and nothing this process does may land.
 """
 from __future__ import annotations
@@ -146,17 +147,22 @@ class SupabaseStore:
                                               ignore_duplicates=True).execute().data))
         if inserted:
             return 1
-        # Increment with a compare-and-set on the old value: no lost update if two writers race.
+        # Increment with a compare-and-set on the old status and value: no lost update if two
+        # writers race, and a row that is done (or becomes done meanwhile) is never reopened:
+        # a late failure of a finished email counts nothing (as the SQLite ledger and
+        # sql/010's fenced_record_attempt do).
         for _ in range(ATTEMPT_RETRIES):
             rows = self._run("count attempt", tenant_id, lambda: (
-                _match(self._client.table(LEDGER).select("attempts"), key).execute().data))
+                _match(self._client.table(LEDGER).select("status,attempts"), key).execute().data))
             if not rows:  # deleted meanwhile: start again from one
                 return self.record_attempt_failure(tenant_id, folder, uidvalidity, uid, message_id, error)
-            current = int(rows[0]["attempts"])
+            status, current = rows[0]["status"], int(rows[0]["attempts"])
+            if status in DONE_STATUSES:
+                return current
             updated = self._run("count attempt", tenant_id, lambda: (
                 _match(self._client.table(LEDGER).update({"attempts": current + 1, "error": error,
                                                           "status": "retrying"}), key)
-                .eq("attempts", current).execute().data))
+                .eq("status", status).eq("attempts", current).execute().data))
             if updated:
                 return current + 1
         raise StoreError(f"tenant {tenant_id}: attempts counter kept changing under us; retry later")

@@ -17,3 +17,15 @@ def slow(email, context) -> None:
 
     time.sleep(float(context.options.get("seconds", 1)))
     jsonl(email, context)
+
+
+def refuse_until_fixed(email, context) -> None:
+    """A receiver that refuses everything (PermanentHandlerError: `failed` at once) until the file
+    options['fixed'] exists, then records each email as jsonl does: `retry` after the fix."""
+    from pathlib import Path
+
+    from tenant_proc.handlers import PermanentHandlerError
+
+    if not Path(context.options["fixed"]).exists():
+        raise PermanentHandlerError("the receiver is not fixed yet")
+    jsonl(email, context)
