@@ -122,8 +122,7 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
             resolve_target(self.config.handler.target)  # refuse to start on an unusable handler
         except HandlerError as exc:
             raise ConfigError(str(exc)) from None
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.pidfile.acquire()
+        self.pidfile.acquire()  # makes state_dir (this user's, 0700) first
         sdnotify.forget_notify_socket()  # children must never inherit NOTIFY_SOCKET
         if self.config.metrics.listen:
             try:
