@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from tenant_proc.private_files import UnsafePath, open_private, refuse_links, secure_dir
-from tenant_proc.store.api import DONE_STATUSES, Checkpoint, StoreError, ledger_text
+from tenant_proc.store.api import (
+    DONE_STATUSES,
+    Checkpoint,
+    StoreError,
+    UnsafeStateFile,
+    ledger_text,
+)
 
 DB_NAME = "checkpoints.sqlite3"
 WAL_SWITCH_DEADLINE = 5.0  # seconds, as the busy timeout
@@ -330,6 +336,6 @@ def prepare_file(path: Path) -> None:
         os.close(open_private(path, os.O_CREAT | os.O_RDWR))
         refuse_links(*(path.with_name(path.name + suffix) for suffix in SQLITE_COMPANIONS))
     except UnsafePath as exc:
-        raise StoreError(str(exc)) from None
+        raise UnsafeStateFile(str(exc)) from None
     except OSError as exc:
         raise StoreError(f"cannot create {path}: {exc}") from None

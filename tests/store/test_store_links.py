@@ -65,3 +65,22 @@ def test_a_state_dir_of_another_user_is_refused(tmp_path):
     with pytest.raises(StoreError, match=f"state_dir {state_dir} belongs to uid 65534"):
         SqliteStore(state_dir / DB_NAME)
     assert not (state_dir / DB_NAME).exists()
+
+
+@pytest.mark.integration
+def test_a_tenant_meeting_a_link_at_the_database_fails_with_one_line(dovecot, tmp_path):
+    """Through the real supervisor: a config error (`failed` with that line, the long backoff),
+    not a crash loop, and the link's target is never created."""
+    from tests.harness.supervisor_run import SupervisorRun, TenantEntry
+
+    dovecot.add_user("acme", "acme-pw")
+    run = SupervisorRun(tmp_path, dovecot, [TenantEntry("acme", "acme", "acme-pw")])
+    run.state_dir.mkdir(mode=0o700)
+    target = tmp_path / "victim.db"
+    (run.state_dir / DB_NAME).symlink_to(target)
+    with run.start():
+        line = run.tenant("acme")["last_error"]
+        assert f"{DB_NAME} is a symbolic link: refusing to follow it" in line, line
+        assert run.tenant("acme")["state"] == "failed" and run.tenant("acme")["restarts"] == 0
+    assert not target.exists()
+    assert "crashed:" not in run.log_text()
