@@ -44,9 +44,14 @@ def test_a_link_at_the_pid_file_is_refused_and_its_target_untouched(dovecot, tmp
     (run.state_dir / "supervisor.pid").symlink_to(victim)
     line = refused_run(run, "supervisor.pid is a symbolic link: refusing to follow it")
     assert victim.read_text() == "precious\n", line
-    # The CLI's readers do not follow it either: no supervisor is named through it.
-    status = run.cli("status")
-    assert status.returncode != 0 and "Traceback" not in status.stderr
+    # The CLI's readers do not follow links either: no supervisor is named through the pid
+    # file's, and a status.json link is not read as the supervisor's status.
+    forged = tmp_path / "forged.json"
+    forged.write_text('{"supervisor": {"pid": 1, "started_at": 0, "tenants": 0}, "tenants": {}}')
+    (run.state_dir / "status.json").symlink_to(forged)
+    status = run.cli("status", "--json")
+    assert status.returncode == 1 and status.stdout == "", status.stdout
+    assert "cannot read" in status.stderr and "Traceback" not in status.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
