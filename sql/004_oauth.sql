@@ -6,6 +6,8 @@
 --                                client_id, subject, command (a JSON array), token_url, scope,
 --                                token_ca_file, token_timeout, and *_env names if the secrets
 --                                come from the supervisor's environment instead of the columns
+--                                (command, *_env and *_file keys are refused unless the config
+--                                says [tenants] trust_rows = true: a row is not the operator)
 --   oauth_client_secret          the client secret (microsoft client_credentials, google refresh_token)
 --   oauth_refresh_token          the refresh token from the customer's consent (the "seed")
 --   oauth_service_account_json   google service_account: the key file's JSON

@@ -24,7 +24,7 @@ from tenant_proc.process.title import set_title
 from tenant_proc.session.loop import Session
 from tenant_proc.signin import login as signin
 from tenant_proc.spec import TenantSpec
-from tenant_proc.store.api import LeaseLost
+from tenant_proc.store.api import LeaseLost, UnsafeStateFile
 from tenant_proc.store.backend import open_store
 
 EXIT_CRASH = 1
@@ -65,7 +65,10 @@ def _run(spec: TenantSpec, conn: Connection, parent_pid: int, log: logging.Logge
                                track_process_group=control.track_process_group)
     except HandlerError as exc:
         return _fatal(control, log, "config", str(exc))
-    store = open_store(spec, keepalive=control.heartbeat_if_due)
+    try:
+        store = open_store(spec, keepalive=control.heartbeat_if_due)
+    except UnsafeStateFile as exc:  # a link planted in state_dir: the operator must look
+        return _fatal(control, log, "config", str(exc))
     signin.configure_process(keepalive=control.heartbeat_if_due)
     mailbox = Mailbox(spec, store, handler, control, log)
     Replayer(mailbox, control, log)  # hooks itself into the mailbox and the parent pipe

@@ -121,13 +121,13 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
             resolve_target(self.config.handler.target)  # refuse to start on an unusable handler
         except HandlerError as exc:
             raise ConfigError(str(exc)) from None
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.pidfile.acquire()
+        self.pidfile.acquire()  # makes state_dir (this user's, 0700) first
         sdnotify.forget_notify_socket()  # children must never inherit NOTIFY_SOCKET
         if self.config.metrics.listen:
             try:
                 self.metrics = MetricsServer(self.config.metrics.listen,
-                                             lambda: list(self.records.values()), self.latency)
+                                             lambda: list(self.records.values()), self.latency,
+                                             self.selector)
             except MetricsError as exc:
                 self.pidfile.release()
                 raise ConfigError(str(exc)) from None
@@ -193,8 +193,8 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
             self.hung_checks.schedule(record, timeout)
         if self.control is not None:  # after the messages: a live status is current to them
             self.control.serve(ready_set)
-        if self.metrics is not None and self.metrics in ready_set:
-            self.metrics.serve_ready()
+        if self.metrics is not None:  # never blocking: a silent scraper costs no wait
+            self.metrics.serve(ready_set)
         if self.signal_queue:  # signals, and reload/stop from the control socket
             self.next_housekeeping = 0.0  # act on these at once, not at the next period
         self.handle_signals()
@@ -228,10 +228,7 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
 
     def _wait_objects(self) -> list[Any]:
         """What the loop waits on besides the children (registered once, see _register_fixed)."""
-        objects: list[Any] = [self._wake_r]
-        if self.metrics is not None:
-            objects.append(self.metrics)
-        return objects
+        return [self._wake_r]  # the control socket and metrics register their own sockets
 
     def _register_fixed(self) -> None:
         for obj in self._wait_objects():
@@ -259,8 +256,9 @@ class Arbiter(TenantReconciler, ChildMessages, ChildExits, StatusReporter):
 
     def _wait_timeout(self, now: float) -> float:
         due = min(self.next_housekeeping, self._next_status_write())
-        if self.control is not None:
-            due = min(due, self.control.next_deadline())
+        for server in (self.control, self.metrics):  # a client's deadline wakes the loop
+            if server is not None:
+                due = min(due, server.next_deadline())
         return min(MAX_WAIT, max(0.0, due - now))
 
     # ---- signals -----------------------------------------------------------------------

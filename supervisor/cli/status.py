@@ -42,6 +42,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"{PROG}: {state_dir / 'status.json'} is not valid JSON", file=sys.stderr)
             return 1
+        except OSError as exc:  # e.g. a link planted there: never followed
+            print(f"{PROG}: cannot read {state_dir / 'status.json'}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     running = pid is not None and pid == status.get("supervisor", {}).get("pid")
     status["supervisor"]["running"] = running
     status["supervisor"]["source"] = source  # "live": asked the supervisor; "file": status.json

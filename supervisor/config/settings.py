@@ -35,6 +35,9 @@ class SupervisorSettings:
 class TenantSourceSettings:
     source: str = "file"  # file | supabase
     file: str | None = None  # optional separate TOML holding [[tenant]] tables
+    # companies rows may name environment variables, programs and files of this host
+    # (supervisor/tenants/row_trust.py); the file's [[tenant]] tables always may
+    trust_rows: bool = False
 
 
 @dataclass(frozen=True)

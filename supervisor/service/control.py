@@ -1,11 +1,9 @@
 """The control socket: `state_dir/control.sock` (0600), a live answer from the running supervisor.
 
 The supervisorctl way: `idle-supervisor status`, `reload` and `stop` talk to the supervisor
-itself instead of reading a file that lags events. Served from the arbiter's one loop (the
-parent forks, so no thread): the listening socket and every accepted connection are
-non-blocking and sit in the arbiter's selector; a request is bounded in size, a connection in
-time and the number of connections in count, so a stuck or hostile client can neither block
-the loop nor grow its memory.
+itself instead of reading a file that lags events. Served from the arbiter's one loop, without
+ever waiting on a client (supervisor/service/exchanges.py: non-blocking, a request bounded in
+size, a connection in time and the number of connections in count).
 
 Protocol (one exchange per connection): the client sends one line, a JSON object
 `{"command": "status"}` + "\\n"; the server answers one line, `{"ok": true, "result": ...}` or
@@ -19,18 +17,19 @@ import os
 import selectors
 import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import orjson
+
+from supervisor.service.exchanges import Exchanges, Limits
 
 log = logging.getLogger("supervisor.control")
 
 SOCKET_FILE = "control.sock"
 MAX_REQUEST_BYTES = 4096  # a request is a command name and a few arguments
 CONNECTION_DEADLINE = 5.0  # the whole exchange, read and write (a status of 1,000 tenants included)
-MAX_CONNECTIONS = 16  # beyond this a new client is answered "busy" and closed at once
+MAX_CONNECTIONS = 16  # beyond this the oldest silent client is dropped, or a newcomer told "busy"
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with the terminating NUL
 
 Command = Callable[[dict[str, Any]], Any]
@@ -42,18 +41,6 @@ class CommandError(Exception):
 
 class ControlUnavailable(Exception):
     """No supervisor answered on the socket (none runs, a stale file, a timeout)."""
-
-
-@dataclass(eq=False)  # hashed by identity: it sits in the selector's ready sets
-class _Client:
-    sock: socket.socket
-    deadline: float
-    inbox: bytearray = field(default_factory=bytearray)
-    outbox: bytes = b""
-    sent: int = 0
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -80,9 +67,7 @@ class ControlServer:
         """Call only while holding the pid-file lock: whatever socket file is there then is a
         leftover of a supervisor that died (SIGKILL leaves it), so it is replaced."""
         self.path = socket_path(state_dir)
-        self.selector = selector
         self.commands = commands
-        self.clients: dict[int, _Client] = {}
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -97,81 +82,30 @@ class ControlServer:
             if dir_fd is not None:
                 os.close(dir_fd)
         self.sock.listen(MAX_CONNECTIONS)
-        self.sock.setblocking(False)
-        selector.register(self.sock, selectors.EVENT_READ, None)
+        limits = Limits(max_request=MAX_REQUEST_BYTES, deadline=CONNECTION_DEADLINE,
+                        max_connections=MAX_CONNECTIONS,
+                        too_large=_reply_error(f"request larger than {MAX_REQUEST_BYTES} bytes"),
+                        busy=_reply_error("busy: too many control connections"))
+        self.exchanges = Exchanges("control socket", self.sock, selector, self._respond, limits, log)
 
     def serve(self, ready: set[Any]) -> None:
         """Accept, read, answer and write what is ready; drop clients past their deadline."""
-        now = time.monotonic()
-        if self.sock in ready:
-            self._accept(now)
-        for client in list(self.clients.values()):
-            if now >= client.deadline:
-                self._close(client)
-            elif client in ready:
-                self._step(client)
+        self.exchanges.serve(ready)
 
     def next_deadline(self) -> float:
-        return min((c.deadline for c in self.clients.values()), default=float("inf"))
+        return self.exchanges.next_deadline()
 
     def close(self) -> None:
-        for client in list(self.clients.values()):
-            self._close(client)
-        try:
-            self.selector.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass
+        self.exchanges.close()
         self.sock.close()
         try:
             self.path.unlink()
         except FileNotFoundError:
             pass
 
-    # ---- one connection ----------------------------------------------------------------
-
-    def _accept(self, now: float) -> None:
-        for _ in range(MAX_CONNECTIONS):  # bounded: a flood of connects cannot hold the loop
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("control socket: accept failed: %s", exc)
-                return
-            conn.setblocking(False)
-            client = _Client(conn, now + CONNECTION_DEADLINE)
-            if len(self.clients) >= MAX_CONNECTIONS:
-                client.outbox = _reply_error("busy: too many control connections")
-                self._flush_and_close(client)
-                continue
-            self.clients[client.fileno()] = client
-            self.selector.register(client, selectors.EVENT_READ, None)
-
-    def _step(self, client: _Client) -> None:
-        if client.outbox:
-            self._write(client)
-            return
-        try:
-            chunk = client.sock.recv(MAX_REQUEST_BYTES + 1 - len(client.inbox))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(client)
-            return
-        if not chunk:
-            self._close(client)  # gone before a full request: nothing to answer
-            return
-        client.inbox += chunk
-        line, newline, _ = bytes(client.inbox).partition(b"\n")
-        if newline:
-            client.outbox = self._answer(line)
-        elif len(client.inbox) > MAX_REQUEST_BYTES:
-            client.outbox = _reply_error(f"request larger than {MAX_REQUEST_BYTES} bytes")
-        else:
-            return
-        client.inbox.clear()
-        self.selector.modify(client, selectors.EVENT_WRITE, None)
-        self._write(client)
+    def _respond(self, request: bytes) -> bytes | None:
+        line, newline, _ = request.partition(b"\n")
+        return self._answer(line) if newline else None
 
     def _answer(self, line: bytes) -> bytes:
         try:
@@ -190,32 +124,6 @@ class ControlServer:
         except CommandError as exc:
             return _reply_error(str(exc))
         return orjson.dumps({"ok": True, "result": result}) + b"\n"
-
-    def _write(self, client: _Client) -> None:
-        try:
-            client.sent += client.sock.send(client.outbox[client.sent:])
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(client)
-            return
-        if client.sent >= len(client.outbox):
-            self._close(client)
-
-    def _flush_and_close(self, client: _Client) -> None:
-        try:
-            client.sock.send(client.outbox)
-        except OSError:
-            pass
-        client.sock.close()
-
-    def _close(self, client: _Client) -> None:
-        if self.clients.pop(client.fileno(), None) is not None:
-            try:
-                self.selector.unregister(client)
-            except (KeyError, ValueError):
-                pass
-        client.sock.close()
 
 
 def _reply_error(message: str) -> bytes:

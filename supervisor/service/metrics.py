@@ -2,25 +2,32 @@
 
 No thread: the parent forks, and a thread holding a lock at fork time leaves that lock held
 forever in the child. The listening socket and each scrape connection are waited on by the
-arbiter's one loop like everything else. Values are read from the tenant records at scrape
-time (heartbeats already carry them), so an idle supervisor spends nothing on metrics.
+arbiter's one loop like everything else, and the loop never waits on a scraper
+(supervisor/service/exchanges.py: non-blocking, each connection bounded in time, their number
+capped). Serving them blocking once let 20 connections that sent nothing hold the loop for
+20 s: no child message read, no signal handled, busy tenants then killed as hung. Values are
+read from the tenant records at scrape time (heartbeats already carry them), so an idle
+supervisor spends nothing on metrics.
 """
 from __future__ import annotations
 
 import bisect
 import logging
+import selectors
 import socket
-import time
 from typing import Any, Callable, Iterable, Iterator
 
 from supervisor.children.records import TenantRecord
+from supervisor.service.exchanges import Exchanges, Limits
 from tenant_proc.deps import MissingDependency, require
 
 log = logging.getLogger("supervisor.metrics")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_REQUEST_BYTES = 8192
-CLIENT_TIMEOUT = 1.0  # a scrape must not stall the supervisor's loop for longer
+CONNECTION_DEADLINE = 5.0  # a scrape's whole exchange; Prometheus's own default timeout is 10 s
+MAX_CONNECTIONS = 16  # beyond this the oldest silent connection is dropped (exchanges.py)
+LISTEN_BACKLOG = 64
 
 
 class MetricsError(Exception):
@@ -50,7 +57,7 @@ class LatencyHistogram:
 
 class MetricsServer:
     def __init__(self, listen: str, records: Callable[[], Iterable[TenantRecord]],
-                 histogram: LatencyHistogram) -> None:
+                 histogram: LatencyHistogram, selector: selectors.BaseSelector) -> None:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit():
             raise MetricsError(f"[metrics] listen must be HOST:PORT, got {listen!r}")
@@ -62,59 +69,44 @@ class MetricsServer:
         self.registry = prometheus.CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(records, histogram))
         try:
-            self.sock = socket.create_server((host.strip("[]"), int(port)), backlog=16)
+            self.sock = socket.create_server((host.strip("[]"), int(port)), backlog=LISTEN_BACKLOG)
         except OSError as exc:
             raise MetricsError(f"[metrics] cannot listen on {listen}: {exc.strerror or exc}") from None
-        self.sock.setblocking(False)
         self.address = self.sock.getsockname()[:2]
+        limits = Limits(max_request=MAX_REQUEST_BYTES, deadline=CONNECTION_DEADLINE,
+                        max_connections=MAX_CONNECTIONS,
+                        too_large=_response(431, b"request header too large\n"),
+                        busy=_response(503, b"busy: too many metrics connections\n"))
+        self.exchanges = Exchanges("metrics", self.sock, selector, self._respond, limits, log)
         log.info("metrics on http://%s:%d/metrics", *self.address)
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
+    def serve(self, ready: set[Any]) -> None:
+        """Accept, read, answer and write what is ready; drop scrapers past their deadline."""
+        self.exchanges.serve(ready)
 
-    def serve_ready(self) -> None:
-        """Accept and answer every waiting scrape (each bounded by CLIENT_TIMEOUT)."""
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("metrics accept failed: %s", exc)
-                return
-            with conn:
-                self._answer(conn)
+    def next_deadline(self) -> float:
+        return self.exchanges.next_deadline()
 
-    def _answer(self, conn: socket.socket) -> None:
-        conn.settimeout(CLIENT_TIMEOUT)
-        deadline = time.monotonic() + CLIENT_TIMEOUT
-        request = b""
-        try:
-            while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST_BYTES:
-                if time.monotonic() > deadline:
-                    return
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                request += chunk
-            line = request.split(b"\r\n", 1)[0].split()
-            if len(line) < 2 or line[0] not in (b"GET", b"HEAD"):
-                conn.sendall(_response(405, b"method not allowed\n"))
-            elif line[1].split(b"?")[0] not in (b"/metrics", b"/"):
-                conn.sendall(_response(404, b"not found: try /metrics\n"))
-            else:
-                body = self._generate(self.registry)
-                conn.sendall(_response(200, body if line[0] == b"GET" else b"",
-                                       "text/plain; version=0.0.4; charset=utf-8", len(body)))
-        except OSError:
-            pass  # the scraper went away; nothing to do
+    def _respond(self, request: bytes) -> bytes | None:
+        if b"\r\n\r\n" not in request:
+            return None
+        line = request.split(b"\r\n", 1)[0].split()
+        if len(line) < 2 or line[0] not in (b"GET", b"HEAD"):
+            return _response(405, b"method not allowed\n")
+        if line[1].split(b"?")[0] not in (b"/metrics", b"/"):
+            return _response(404, b"not found: try /metrics\n")
+        body = self._generate(self.registry)
+        return _response(200, body if line[0] == b"GET" else b"",
+                         "text/plain; version=0.0.4; charset=utf-8", len(body))
 
     def close(self) -> None:
+        self.exchanges.close()
         self.sock.close()
 
 
 def _response(code: int, body: bytes, ctype: str = "text/plain", length: int | None = None) -> bytes:
-    reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}[code]
+    reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
+              431: "Request Header Fields Too Large", 503: "Service Unavailable"}[code]
     head = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(body) if length is None else length}\r\nConnection: close\r\n\r\n")
     return head.encode() + body

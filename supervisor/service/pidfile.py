@@ -4,12 +4,23 @@ The lock (flock on the open file) is what guarantees uniqueness; the pid inside 
 the CLI. The kernel drops the lock when the process dies, so a stale file never blocks a start.
 Children must not keep the inherited descriptor or they would keep the lock alive (children/forking.py
 closes every inherited fd in a new child).
+
+Taking the lock is the supervisor's first touch of state_dir, so it secures the directory
+first (tenant_proc/private_files.py: this user's, 0700) and never follows a link planted where
+the pid file belongs: opening one used to truncate whatever it pointed to.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 from pathlib import Path
+
+from supervisor.errors import ConfigError
+from tenant_proc.private_files import UnsafePath, open_private, secure_dir
+
+log = logging.getLogger("supervisor")
 
 PID_FILE = "supervisor.pid"
 
@@ -24,7 +35,16 @@ class PidFile:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """Secure state_dir, then lock the pid file. Raises ConfigError (one line) when state_dir
+        or the file is not safe to use, AlreadyRunning when another supervisor holds the lock."""
+        try:
+            widened = secure_dir(self.path.parent)
+            fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
+        except (UnsafePath, OSError) as exc:
+            raise ConfigError(str(exc)) from None
+        if widened is not None:
+            log.warning("state_dir %s was %o: made it 0700 (it holds the ledger and the control "
+                        "socket)", self.path.parent, widened)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -51,9 +71,15 @@ def read_pid(state_dir: Path) -> int | None:
     """The running supervisor's pid, or None if none holds the lock."""
     path = state_dir / PID_FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # Any owner: root may ask about a service user's supervisor (docs/systemd.md); but never
+        # through a link, and never blocking on a FIFO planted there.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None  # a link names no supervisor of ours
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -1,7 +1,8 @@
 """status.json: the supervisor's state for `idle-supervisor status`, scripts and monitoring.
 
 Written atomically (temp file + rename in the same directory) so a reader never sees half a
-file, and 0600 because it lives beside the checkpoints. It never holds a secret: it is built
+file, and 0600 because it lives beside the checkpoints. mkstemp creates with O_EXCL and the
+rename replaces whatever name is there, a planted link included, so no write follows a link. It never holds a secret: it is built
 from TenantRecord fields that come from heartbeats, not from specs.
 """
 from __future__ import annotations
@@ -82,7 +83,10 @@ def write_status(state_dir: Path, status: dict[str, Any]) -> None:
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:
-    return orjson.loads((state_dir / STATUS_FILE).read_bytes())
+    """Written by replace(), which never follows a link; read without following one either."""
+    fd = os.open(state_dir / STATUS_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        return orjson.loads(fh.read())
 
 
 def summary_line(records: Iterable[TenantRecord]) -> str:

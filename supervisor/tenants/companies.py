@@ -14,7 +14,8 @@ from supervisor.errors import SourceError
 from tenant_proc.spec import Secret
 
 TABLE = "companies"
-# Database column -> tenant-row key understood by rows.build_tenant_specs().
+# Database column -> tenant-row key understood by rows.build_tenant_specs(). A row holds values,
+# never names of the host's variables, programs or files (row_trust.py, unless trust_rows).
 COLUMNS = {
     "id": "id",
     "name": "name",

@@ -1,7 +1,8 @@
 """The `auth` key and the [tenant.oauth] table of a tenant row -> OAuthSpec (validated, defaults in).
 
-Same rules for a file's [[tenant]] and a Supabase companies row (source_supabase maps its
-columns onto these keys). Secrets are read from the environment (`*_env`) or the row and kept
+Same rules for a file's [[tenant]] and a Supabase companies row (companies.py maps its
+columns onto these keys), except that a row may not name environment variables, programs or
+files of the host unless [tenants] trust_rows says so (row_trust.py, checked before this). Secrets are read from the environment (`*_env`) or the row and kept
 as Secret; key files are checked to exist here and read by the tenant process when it signs in.
 """
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from supervisor.config.env import strict_bool
 from supervisor.errors import ConfigError
 from supervisor.tenants.oauth_rows import auth_method, oauth_spec_from_row
+from supervisor.tenants.row_trust import refuse_untrusted
 from tenant_proc.spec import SECURITY_MODES, Secret, TenantSpec
 
 if TYPE_CHECKING:
@@ -35,9 +36,11 @@ class TenantLoad:
 
 def build_tenant_specs(
     config: Config, rows: list[Mapping[str, Any]] | tuple[Mapping[str, Any], ...],
-    environ: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None, trusted: bool = True,
 ) -> TenantLoad:
-    """Turn tenant rows (from the file or from Supabase) into specs, isolating bad rows."""
+    """Turn tenant rows (from the file or from Supabase) into specs, isolating bad rows.
+    `trusted`: the rows may name environment variables, programs and files of this host (the
+    config file's tables; `companies` rows only with [tenants] trust_rows, see row_trust.py)."""
     environ = os.environ if environ is None else environ
     specs: dict[str, TenantSpec] = {}
     errors: dict[str, tuple[str, str]] = {}
@@ -46,6 +49,8 @@ def build_tenant_specs(
         label = str(raw_id) if raw_id not in (None, "") else f"#{index + 1}"
         name = str(row.get("name") or label)
         try:
+            if not trusted:
+                refuse_untrusted(row)
             spec = tenant_spec_from_row(config, row, environ)
         except ConfigError as exc:
             errors[label] = (name, str(exc))

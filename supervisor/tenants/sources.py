@@ -17,7 +17,9 @@ def load_tenants(config: Config) -> TenantLoad:
 
         url, key = supabase_credentials(_environ())
         rows = fetch_company_rows(url, key)
-        return build_tenant_specs(config, rows)
+        # A row is not the operator: it names no variable, program or file of this host
+        # unless the config says so (row_trust.py).
+        return build_tenant_specs(config, rows, trusted=config.tenants.trust_rows)
     return build_tenant_specs(config, config.raw_tenants)
 
 

@@ -4,6 +4,7 @@ Each is called as handler(email, context); users name them `tenant_proc.handlers
 (handlers/__init__.py)."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -25,7 +26,14 @@ def jsonl(email: Email, context: HandlerContext) -> None:
     path = _resolve_path(context, context.options["path"])
     line = orjson.dumps(_jsonl_record(email)) + b"\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    # O_NOFOLLOW: a link planted at the path (a shared directory, /tmp) would have every
+    # email's line appended to its target, a shell's rc file say. Its directory may be a link.
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(f"{path} is a symbolic link: the jsonl handler does not follow it") from None
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         if email.redelivered and _already_written(fd, email):

@@ -83,6 +83,12 @@ class StoreError(RuntimeError):
     """The backend could not read or write; the caller retries later, never skips mail."""
 
 
+class UnsafeStateFile(StoreError):
+    """state_dir or a file in it is not safe to use (another account's directory, a symbolic
+    link where a file belongs: tenant_proc/private_files.py). A config error: retrying cannot
+    help until the operator fixes the directory."""
+
+
 class LeaseLost(StoreError):
     """[cluster]: the database refused a write because another instance now holds this company
     (a newer fencing token) or the lease expired. Retrying cannot help: the tenant exits."""

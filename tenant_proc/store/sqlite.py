@@ -12,11 +12,19 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from tenant_proc.store.api import DONE_STATUSES, Checkpoint, StoreError, ledger_text
+from tenant_proc.private_files import UnsafePath, open_private, refuse_links, secure_dir
+from tenant_proc.store.api import (
+    DONE_STATUSES,
+    Checkpoint,
+    StoreError,
+    UnsafeStateFile,
+    ledger_text,
+)
 
 DB_NAME = "checkpoints.sqlite3"
 WAL_SWITCH_DEADLINE = 5.0  # seconds, as the busy timeout
 WAL_SWITCH_RETRY_PAUSE = 0.02
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")  # files SQLite creates beside the database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -320,12 +328,14 @@ def _enable_wal(db: sqlite3.Connection) -> None:
 
 
 def prepare_file(path: Path) -> None:
-    """Create the state dir 0700 and the database 0600: the ledger names senders and subjects."""
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not path.exists():
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
-        except OSError as exc:
-            raise StoreError(f"cannot create {path}: {exc}") from None
+    """state_dir this user's and 0700, the database a regular file of ours, 0600 (the ledger
+    names senders and subjects), and no link where SQLite will open its files: SQLite follows
+    links, so a link planted there would have it write the ledger into the link's target."""
+    try:
+        secure_dir(path.parent)
+        os.close(open_private(path, os.O_CREAT | os.O_RDWR))
+        refuse_links(*(path.with_name(path.name + suffix) for suffix in SQLITE_COMPANIONS))
+    except UnsafePath as exc:
+        raise UnsafeStateFile(str(exc)) from None
+    except OSError as exc:
+        raise StoreError(f"cannot create {path}: {exc}") from None

@@ -60,3 +60,29 @@ def test_commands_refusals_and_a_long_state_dir(tmp_path):
     assert not (state_dir / "control.sock").exists()
     with pytest.raises(ControlUnavailable):
         request(state_dir, "status", timeout=2)
+
+
+def test_silent_clients_at_the_cap_make_room_for_a_real_request(tmp_path):
+    """More silent connections than the cap: the oldest silent one is dropped for a newcomer,
+    so `status` still gets through (it used to be told "busy" until their deadlines)."""
+    import socket
+
+    from supervisor.service.control import MAX_CONNECTIONS
+
+    selector = selectors.DefaultSelector()
+    server = ControlServer(tmp_path, selector, {"status": lambda r: "live"})
+    silent = []
+    try:
+        for _ in range(MAX_CONNECTIONS + 4):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(tmp_path / "control.sock"))
+            silent.append(sock)
+            server.serve({key.fileobj for key, _ in selector.select(0.05)})
+        assert serve_while(server, selector, lambda: request(tmp_path, "status")) == "live"
+        assert len(server.exchanges.clients) <= MAX_CONNECTIONS
+        silent[0].settimeout(5)
+        assert silent[0].recv(100) == b""  # the oldest was dropped, without an answer
+    finally:
+        for sock in silent:
+            sock.close()
+        server.close()

@@ -1,7 +1,9 @@
 """Prometheus endpoint served by the supervisor's own loop, scraped over real HTTP."""
 from __future__ import annotations
 
+import signal
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -92,3 +94,61 @@ def test_metrics_listen_errors_are_one_line(tmp_path, dovecot):
         run = SupervisorRun(tmp_path, dovecot, [], extra_sections={"metrics": {"listen": f"127.0.0.1:{port}"}})
         result = run.cli("run", timeout=20)
     assert result.returncode == 2 and "cannot listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def hold_silent_connections(port: int, count: int) -> list[socket.socket]:
+    """Connections that send nothing, as any local account can open. Connected without
+    blocking, so a listener that stops accepting cannot stall the test here instead."""
+    held = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", port))
+        held.append(sock)
+    return held
+
+
+@pytest.mark.integration
+def test_fifty_silent_metrics_clients_never_hold_the_loop(dovecot, tmp_path):
+    """Served blocking, 20 such connections held the loop for 20 s (no child message read, no
+    signal handled); now mail is counted, SIGHUP handled, scrapes answered meanwhile."""
+    port = free_port()
+    dovecot.add_user("acme", "acme-pw")
+    dovecot.add_user("globex", "globex-pw")
+    tenants = [TenantEntry("acme", "acme", "acme-pw"), TenantEntry("globex", "globex", "globex-pw")]
+    with SupervisorRun(tmp_path, dovecot, tenants,
+                       extra_sections={"metrics": {"listen": f"127.0.0.1:{port}"}}).start() as run:
+        pids = run.child_pids()
+        silent = hold_silent_connections(port, 50)
+        try:
+            dovecot.deliver("acme", make_message("while fifty wait"))
+            run.wait_emails(1, tenant="acme")
+            # The loop reads the child's message: status.json counts it (the loop writes it)...
+            run.wait_for(lambda s: s["tenants"]["acme"]["processed"] == 1, 5, "the loop counting mail")
+            live = run.cli("status", "--json", timeout=15)  # ...and the control socket answers live
+            assert '"source": "live"' in live.stdout and live.returncode == 0, live.stdout + live.stderr
+            run.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 5
+            while "SIGHUP: reloading" not in run.log_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "SIGHUP: reloading" in run.log_text()
+            text = scrape(port)  # a real scrape gets through the crowd of silent ones
+            assert sample(text, "idle_supervisor_emails_processed_total", tenant="acme") == 1
+            dovecot.deliver("globex", make_message("still flowing"))
+            run.wait_for(lambda s: s["tenants"]["globex"]["processed"] == 1, 5, "globex counted")
+            status = run.status()["tenants"]
+            assert run.child_pids() == pids  # no tenant killed as hung
+            assert all(t["restarts"] == 0 and t["state"] == "idle" for t in status.values()), status
+            # Every silent connection is closed by the supervisor: dropped to make room for a
+            # newer one, or at its deadline.
+            for sock in silent:
+                sock.setblocking(True)
+                sock.settimeout(15)
+                try:
+                    assert sock.recv(1024) == b""
+                except ConnectionResetError:
+                    pass
+            assert run.proc.poll() is None
+        finally:
+            for sock in silent:
+                sock.close()
