@@ -51,6 +51,7 @@ FLOORS: dict[str, int] = {
     "tenant_proc.logs": 30,
     "tenant_proc.deps": 30,
     "tenant_proc.loopback": 30,
+    "tenant_proc.dns": 30,
     "tenant_proc": 30,  # the package's own __init__ only (PACKAGE_FACES)
     "ipc": 10,
 }
