@@ -137,7 +137,7 @@ class OAuthSpec:
     subject: str = ""  # google service_account: the mailbox (default: the tenant's username)
     command: tuple[str, ...] = ()
     token_ca_file: str | None = None
-    token_timeout: float = 10.0  # one token request or command run; well below heartbeat_timeout
+    token_timeout: float = 10.0  # one token request or command run, as a whole; at most the request bound
     # `idle-supervisor authorize` only (the tenant process never uses them): the browser flow's
     # authorization endpoint and the device flow's device authorization endpoint.
     authorize_url: str = ""
@@ -176,6 +176,9 @@ class TenantSpec:
     # The tenant's own webhook endpoint (tenant key / column webhook_url): replaces the
     # [handler] url option for this tenant only. None: the handler's url.
     webhook_url: str | None = None
+    # The longest one request without a heartbeat inside it may take, as a whole (a webhook
+    # attempt, a handler's request): derived from heartbeat_timeout (supervisor/config/timeouts.py).
+    request_bound: float = 12.5
 
     def public_info(self) -> dict[str, Any]:
         """Tenant info safe to hand to handlers, logs and status: no secrets."""

@@ -62,14 +62,21 @@ def derive_timeouts(supervisor: SupervisorSettings, imap: ImapSettings,
     return supervisor, imap
 
 
-# A tenant beats before each state-store request (SupabaseStore's keepalive), so its longest
-# silence is one heartbeat_interval plus one request: half of what is left of heartbeat_timeout
-# after the interval leaves the other half as margin for a loaded machine. At the defaults
-# (30 s, 5 s) this is StateSpec's default (10 s), the value every request had before.
-STORE_REQUEST_SHARE = 1 / 2
+# A company process beats (when one is due) before each request it makes without a heartbeat
+# inside it (a state-store request, a webhook attempt, a token request), so its longest silence
+# is one heartbeat_interval plus one request: half of what is left of heartbeat_timeout after
+# the interval leaves the other half as margin for a loaded machine. At the defaults (30 s, 5 s)
+# this is 12.5 s.
+REQUEST_SHARE = 1 / 2
+
+
+def request_bound(supervisor: SupervisorSettings) -> float:
+    """The longest any one request of a company process may take, as a whole: the webhook's
+    attempts and the token requests are cut to it, token_timeout may not exceed it."""
+    return (supervisor.heartbeat_timeout - supervisor.heartbeat_interval) * REQUEST_SHARE
 
 
 def store_request_timeout(supervisor: SupervisorSettings) -> float:
-    """The whole-request bound of a tenant's Supabase state-store requests."""
-    left = supervisor.heartbeat_timeout - supervisor.heartbeat_interval
-    return min(StateSpec().request_timeout, left * STORE_REQUEST_SHARE)
+    """The whole-request bound of a tenant's Supabase state-store requests: the request bound,
+    and at most StateSpec's default (10 s, the value every request had before the derivation)."""
+    return min(StateSpec().request_timeout, request_bound(supervisor))

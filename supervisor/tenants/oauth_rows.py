@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from supervisor.config.settings import SupervisorSettings
+from supervisor.config.timeouts import request_bound
 from supervisor.errors import ConfigError
 from tenant_proc.loopback import is_loopback
 from tenant_proc.spec import AUTH_METHODS, OAuthSpec, Secret
@@ -46,7 +48,11 @@ OAUTH_KEYS = {
     "service_account_file", "service_account_json", "subject", "command", "token_url", "scope",
     "token_ca_file", "token_timeout", "authorize_url", "device_url",
 }
-MAX_TOKEN_TIMEOUT = 25.0  # below the default heartbeat_timeout (30 s) with room to spare
+DEFAULT_TOKEN_TIMEOUT = 10.0
+# A token request (or command run) is one step without a heartbeat in it: token_timeout may not
+# exceed the request bound derived from heartbeat_timeout (12.5 s at the defaults); the caller
+# passes the bound of its config, this is the one of the default settings.
+DEFAULT_MAX_TOKEN_TIMEOUT = request_bound(SupervisorSettings())
 
 
 def auth_method(row: Mapping[str, Any]) -> str:
@@ -59,7 +65,8 @@ def auth_method(row: Mapping[str, Any]) -> str:
     return str(auth)
 
 
-def oauth_spec_from_row(row: Mapping[str, Any], environ: Mapping[str, str], base_dir: str) -> OAuthSpec:
+def oauth_spec_from_row(row: Mapping[str, Any], environ: Mapping[str, str], base_dir: str,
+                        max_token_timeout: float = DEFAULT_MAX_TOKEN_TIMEOUT) -> OAuthSpec:
     table = row.get("oauth")
     if not isinstance(table, Mapping) or not table:
         raise ConfigError(f"auth = {row.get('auth')!r} needs a [tenant.oauth] table")
@@ -113,7 +120,7 @@ def oauth_spec_from_row(row: Mapping[str, Any], environ: Mapping[str, str], base
         refresh_token=refresh_token, certificate_file=files["certificate_file"],
         certificate=certificate, service_account_file=files["service_account_file"],
         service_account_json=service_account_json, subject=text["subject"], command=command,
-        token_ca_file=files["token_ca_file"], token_timeout=_timeout(table),
+        token_ca_file=files["token_ca_file"], token_timeout=_timeout(table, max_token_timeout),
         authorize_url=authorize_url, device_url=device_url,
     )
 
@@ -182,8 +189,16 @@ def _command(table: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(command)
 
 
-def _timeout(table: Mapping[str, Any]) -> float:
-    value = table.get("token_timeout", 10.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= MAX_TOKEN_TIMEOUT:
-        raise ConfigError(f"oauth.token_timeout must be a number of seconds from 1 to {MAX_TOKEN_TIMEOUT:g}")
+def _timeout(table: Mapping[str, Any], cap: float) -> float:
+    """token_timeout: unset, the default or the cap when that is lower (a lowered
+    heartbeat_timeout means "notice hangs sooner", not "refuse the tenant"); set, at most the cap."""
+    value = table.get("token_timeout")
+    if value is None:
+        return min(DEFAULT_TOKEN_TIMEOUT, cap)
+    low = min(1.0, cap)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= cap:
+        raise ConfigError(
+            f"oauth.token_timeout must be a number of seconds from {low:g} to {cap:g}: a token "
+            "request holds the tenant's heartbeat, so it may take at most (heartbeat_timeout - "
+            "heartbeat_interval) / 2; raise [supervisor] heartbeat_timeout for a longer one")
     return float(value)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from supervisor.config.env import strict_bool
+from supervisor.config.timeouts import request_bound
 from supervisor.errors import ConfigError
 from supervisor.tenants.oauth_rows import auth_method, oauth_spec_from_row
 from supervisor.tenants.row_trust import refuse_untrusted
@@ -85,7 +86,8 @@ def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mappin
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ConfigError("port must be a number from 1 to 65535")
     auth = auth_method(row)
-    oauth = oauth_spec_from_row(row, environ, config.base_dir) if auth != "password" else None
+    bound = request_bound(config.supervisor)
+    oauth = oauth_spec_from_row(row, environ, config.base_dir, bound) if auth != "password" else None
     # OAuth tenants need no password; one given anyway is kept (unused).
     password = _password(row, environ) if auth == "password" or _has_password(row) else Secret("")
     ca_file = row.get("ca_file")
@@ -131,6 +133,7 @@ def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mappin
         auth=auth,
         oauth=oauth,
         webhook_url=webhook_url,
+        request_bound=bound,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from tenant_proc.handlers.jsonl_index import already_written, index_for
 from tenant_proc.handlers.loader import HandlerContext
 from tenant_proc.message import Email
 
@@ -21,10 +22,13 @@ def jsonl(email: Email, context: HandlerContext) -> None:
     """Append one JSON line per email to options["path"].
 
     Many tenant processes append to the same file: one os.write of the whole line on an
-    O_APPEND descriptor, under an exclusive flock, so lines never interleave.
+    O_APPEND descriptor, under an exclusive flock, so lines never interleave. Where each line
+    goes is recorded first in an index beside the file (jsonl_index.py), so a redelivered
+    email's "already written?" costs one lookup and one line, however large the file.
     """
     path = _resolve_path(context, context.options["path"])
     line = orjson.dumps(_jsonl_record(email)) + b"\n"
+    key = (email.tenant_id, email.folder, email.uidvalidity, email.uid)
     path.parent.mkdir(parents=True, exist_ok=True)
     # O_NOFOLLOW: a link planted at the path (a shared directory, /tmp) would have every
     # email's line appended to its target, a shell's rc file say. Its directory may be a link.
@@ -36,10 +40,12 @@ def jsonl(email: Email, context: HandlerContext) -> None:
         raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        if email.redelivered and _already_written(fd, email):
+        index = index_for(path)
+        if email.redelivered and already_written(fd, index, key, _line_prefix(email)):
             # The process before us wrote this line and died before recording it as done.
             context.logger.info("uid %d redelivered: its line is already in %s", email.uid, path)
             return
+        index.record(key, os.fstat(fd).st_size, len(line))  # O_APPEND under our lock: lands there
         written = os.write(fd, line)
         if written != len(line):
             raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
@@ -47,13 +53,10 @@ def jsonl(email: Email, context: HandlerContext) -> None:
         os.close(fd)  # closing releases the lock
 
 
-def _already_written(fd: int, email: Email) -> bool:
-    """Does the file hold a line for this (tenant, folder, uidvalidity, uid)? Only asked for a
-    redelivered email (rare), so one scan of the file is fine."""
-    key = orjson.dumps({"tenant_id": email.tenant_id, "folder": email.folder, "uid": email.uid,
-                        "uidvalidity": email.uidvalidity})[:-1] + b","  # the line's own prefix
-    size = os.fstat(fd).st_size
-    return size > 0 and (b"\n" + key) in b"\n" + os.pread(fd, size, 0)
+def _line_prefix(email: Email) -> bytes:
+    """How this email's line begins (the first four fields of _jsonl_record, in its order)."""
+    return orjson.dumps({"tenant_id": email.tenant_id, "folder": email.folder, "uid": email.uid,
+                         "uidvalidity": email.uidvalidity})[:-1] + b","
 
 
 def _jsonl_record(email: Email) -> dict[str, Any]:

@@ -14,21 +14,23 @@ What the program gets, and what it cannot get:
 - `timeout` defaults to DEFAULT_COMMAND_TIMEOUT, below the default heartbeat_timeout (30 s);
   while it runs the tenant keeps beating (context.keepalive), so a longer, explicitly
   configured timeout is slow work, not a hang.
+- Its output costs the tenant at most 64 KB: stdout goes nowhere, of stderr the last 64 KB are
+  kept (for the error line) and the rest is read and dropped (tenant_proc/process/pipes.py).
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import subprocess
-import time
 from typing import Any
 
 from tenant_proc.handlers.loader import HandlerContext
 from tenant_proc.message import Email
+from tenant_proc.process.pipes import exchange
 
 DEFAULT_COMMAND_TIMEOUT = 20.0
-KEEPALIVE_SLICE = 1.0  # seconds between heartbeat checks while the program runs
 BASE_ENV = ("PATH", "HOME", "LANG", "TZ", "TMPDIR")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_ENV_VALUE_CHARS = 4096
@@ -42,11 +44,11 @@ def command(email: Email, context: HandlerContext) -> None:
     proc = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         env=command_env(email, context.options, os.environ), cwd=context.base_dir,
-        process_group=0, preexec_fn=_die_with_parent,
+        process_group=0, preexec_fn=functools.partial(_die_with_parent, os.getpid()),
     )
     try:
         context.track_process_group(proc.pid)
-        stderr = _wait(proc, email.raw, timeout, context)
+        stderr = exchange(proc, email.raw, timeout, context.keepalive).stderr
     finally:
         _kill_group(proc, context)  # whatever it left running in its group goes with it
     if proc.returncode != 0:
@@ -88,22 +90,6 @@ def _env_value(text: str) -> str:
     return text.replace("\x00", "")[:MAX_ENV_VALUE_CHARS]
 
 
-def _wait(proc: subprocess.Popen[bytes], raw: bytes, timeout: float, context: HandlerContext) -> bytes:
-    """Feed stdin, collect stderr, beat meanwhile; TimeoutExpired after timeout (a retry)."""
-    deadline = time.monotonic() + timeout
-    pending: bytes | None = raw
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            _, stderr = proc.communicate(input=pending, timeout=max(min(KEEPALIVE_SLICE, remaining), 0.01))
-            return stderr or b""
-        except subprocess.TimeoutExpired:
-            pending = None  # communicate() keeps feeding what it started with
-            context.keepalive()
-            if time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(proc.args, timeout) from None
-
-
 def _kill_group(proc: subprocess.Popen[bytes], context: HandlerContext) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -115,6 +101,12 @@ def _kill_group(proc: subprocess.Popen[bytes], context: HandlerContext) -> None:
     proc.wait()
 
 
-def _die_with_parent() -> None:
-    """In the forked child, before exec: SIGKILL when the tenant dies, however it dies."""
+def _die_with_parent(tenant_pid: int) -> None:
+    """In the forked child, before exec: SIGKILL when the tenant dies, however it dies.
+
+    The signal is armed for the parent of the moment: a tenant that died between the fork and
+    the prctl has already gone, the kernel never sends it, and the program would run on as an
+    orphan. So the parent is checked again after arming: no longer the tenant, die now."""
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != tenant_pid:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -36,8 +36,9 @@ class HandlerContext:
     # Call it with the pgid of a process group the handler started (None when it is gone): the
     # supervisor kills that group if the tenant dies first (the `command` handler uses it).
     track_process_group: Callable[[int | None], None] = field(default=lambda pgid: None)
-    # The longest one blocking request (no keepalive possible inside it) may take, in seconds:
-    # [state]'s request bound, derived from heartbeat_timeout (supervisor/config/timeouts.py).
+    # The longest one blocking request (no keepalive possible inside it) may take, in seconds,
+    # as a whole: the request bound, derived from heartbeat_timeout (TenantSpec.request_bound,
+    # supervisor/config/timeouts.py). The webhook cuts each attempt to it.
     request_timeout: float = 10.0
 
 
@@ -107,7 +108,7 @@ def load_handler(
         options=options, logger=logger, tenant=spec.public_info(), base_dir=spec.base_dir,
         keepalive=keepalive or (lambda: None), counters={} if counters is None else counters,
         track_process_group=track_process_group or (lambda pgid: None),
-        request_timeout=spec.state.request_timeout,
+        request_timeout=spec.request_bound,
     )
     if not inspect.isclass(target):
         return LoadedHandler(target, context)

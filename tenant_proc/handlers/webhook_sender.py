@@ -4,9 +4,10 @@
     target = "tenant_proc.handlers:webhook"
     url = "https://answers.example/inbound"   # a tenant's webhook_url overrides it
     secret_env = "WEBHOOK_SECRET"             # or secret = "..."
-    timeout = 10                              # seconds per attempt
+    timeout = 10                              # seconds per attempt, as a whole
     # include_raw = false, max_raw_bytes = 10485760, ca_file = "...", headers = { ... }
     # tries = 4, retry_budget = 20            # attempts and seconds within one handler call
+    # allow_insecure = false                  # http:// to a host other than this machine
 
 Headers: X-Idle-Timestamp (Unix seconds) and X-Idle-Signature "sha256=" + hex HMAC-SHA256 of
 the secret over b"<timestamp>." + the exact body, so a receiver can verify and refuse replays;
@@ -18,9 +19,15 @@ the mailbox's retry_interval/max_attempts take over. Any other status raises
 PermanentHandlerError: the email is failed at once, the status and the first bytes of the answer
 in the ledger's error. The secret never appears in an exception, a log line or the body.
 
-One httpx.Client per tenant process, made on the first email (after the fork), closed at close().
-httpx itself is imported with this module, which the supervisor resolves before it forks, so
-every tenant shares its pages.
+A receiver is not trusted to be quick or small: each attempt ends within `timeout`, and within
+the tenant's request bound (HandlerContext.request_timeout, derived from heartbeat_timeout), as a
+whole (a receiver trickling a byte every half second included), the tenant beats before each
+attempt and while it waits for the next, and at most MAX_ANSWER_BYTES of an answer are read.
+Plain http:// goes only to this machine unless allow_insecure = true: mail bodies in clear.
+
+One client per tenant process (tenant_proc/http_clients/deadline.py), made on the first email
+(after the fork), closed at close(). httpx itself is imported with this module, which the
+supervisor resolves before it forks, so every tenant shares its pages.
 """
 from __future__ import annotations
 
@@ -32,18 +39,21 @@ import random
 import time
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
 from tenant_proc.handlers.loader import HandlerContext, PermanentHandlerError
+from tenant_proc.http_clients.deadline import DeadlineClient, read_at_most
+from tenant_proc.loopback import is_loopback
 from tenant_proc.message import Email
 from tenant_proc.spec import Secret
 
+# A single POST sends no heartbeat: each attempt is also cut to the tenant's request bound
+# (context.request_timeout, derived from heartbeat_timeout); the handler beats around attempts.
 DEFAULT_TIMEOUT = 10.0
-# A single blocked POST sends no heartbeat: it must stay below [supervisor] heartbeat_timeout
-# (30 s by default). Between attempts the handler calls context.keepalive().
-MAX_TIMEOUT = 25.0
+MAX_ANSWER_BYTES = 64 * 1024  # of an answer (status line, headers, body): the rest is never read
 DEFAULT_TRIES = 4
 DEFAULT_RETRY_BUDGET = 20.0  # seconds, all attempts of one handler call together
 DEFAULT_MAX_RAW_BYTES = 10 * 1024 * 1024
@@ -61,19 +71,19 @@ class WebhookError(RuntimeError):
 class Webhook:
     def __init__(self, options: dict[str, Any]) -> None:
         self.url = str(options.get("url") or "")
-        if not self.url.startswith(("http://", "https://")):
-            raise ValueError("webhook needs url = \"https://...\" (or a tenant webhook_url)")
+        _check_url(self.url, _flag(options, "allow_insecure"))
         self._secret = _secret(options)
-        self.timeout = min(float(options.get("timeout", DEFAULT_TIMEOUT)), MAX_TIMEOUT)
+        self.timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
+        if not self.timeout > 0:
+            raise ValueError("webhook timeout must be a number of seconds above 0")
         self.tries = max(1, int(options.get("tries", DEFAULT_TRIES)))
         self.retry_budget = max(float(options.get("retry_budget", DEFAULT_RETRY_BUDGET)), self.timeout)
-        self.include_raw = options.get("include_raw", False)
-        if not isinstance(self.include_raw, bool):
-            raise ValueError("webhook include_raw must be true or false")
+        self.include_raw = _flag(options, "include_raw")
         self.max_raw_bytes = int(options.get("max_raw_bytes", DEFAULT_MAX_RAW_BYTES))
         self.ca_file = options.get("ca_file")
         self.extra_headers = _headers(options.get("headers"))
-        self._client: Any = None
+        self._client: DeadlineClient | None = None
+        self._bound_reported = False
 
     def __repr__(self) -> str:
         return f"Webhook(url={self.url!r})"
@@ -84,6 +94,8 @@ class Webhook:
         body = orjson.dumps(webhook_document(email, context.tenant, self.include_raw,
                                              self.max_raw_bytes))
         key = f"{email.tenant_id}:{email.folder}:{email.uidvalidity}:{email.uid}"
+        bound = self._attempt_bound(context)
+        client = self._http(bound)
         deadline = time.monotonic() + self.retry_budget
         backoff = BACKOFF_START
         counters = context.counters
@@ -92,22 +104,26 @@ class Webhook:
             if attempt > 1:
                 _count(counters, "webhook_retries")
             _count(counters, "webhook_attempts")
+            context.keepalive()  # the attempt holds the heartbeat for up to `bound` seconds
             timestamp = str(int(time.time()))  # fresh per attempt: receivers refuse old ones
             wait: float | None = None
+            timeout = max(min(bound, _left(deadline)), 0.1)
             try:
-                response = self._post(body, key, timestamp, min(self.timeout, _left(deadline)))
-            except Exception as exc:  # httpx.TransportError (connect, timeout, protocol) and kin
+                status, headers, answer = self._post(client, body, key, timestamp, timeout)
+            except httpx.TimeoutException as exc:
+                _count(counters, "webhook_errors")
+                failure = f"{type(exc).__name__}: no answer within {timeout:g}s"
+            except Exception as exc:  # httpx.TransportError (connect, protocol) and kin
                 _count(counters, "webhook_errors")
                 failure = f"{type(exc).__name__}: {self._scrub(str(exc))}"[:300]
             else:
-                status = response.status_code
                 _count(counters, f"webhook_{status // 100}xx" if 200 <= status < 600 else "webhook_errors")
                 if 200 <= status < 300:
                     return
-                failure = f"HTTP {status}: {self._scrub(_snippet(response.content))}"
+                failure = f"HTTP {status}: {self._scrub(_snippet(answer))}"
                 if status not in RETRY_STATUSES and status < 500:
                     raise PermanentHandlerError(f"webhook answered {failure}")
-                wait = _retry_after(response.headers.get("retry-after"))
+                wait = _retry_after(headers.get("retry-after"))
             if attempt == self.tries:
                 break
             pause = wait if wait is not None else backoff * random.uniform(0.8, 1.2)
@@ -117,16 +133,37 @@ class Webhook:
             _sleep(pause, context)
         raise WebhookError(f"webhook failed after {attempt} attempt(s): {failure}")
 
-    def _post(self, body: bytes, key: str, timestamp: str, timeout: float) -> Any:
-        client = self._http()
+    def _attempt_bound(self, context: HandlerContext) -> float:
+        bound = min(self.timeout, context.request_timeout)
+        if bound < self.timeout and not self._bound_reported:
+            self._bound_reported = True
+            context.logger.warning(
+                "webhook timeout %gs is above the request bound %gs (derived from heartbeat_timeout): "
+                "each attempt ends within %gs", self.timeout, bound, bound)
+        return bound
+
+    def _post(self, client: DeadlineClient, body: bytes, key: str, timestamp: str,
+              timeout: float) -> tuple[int, httpx.Headers, bytes]:
+        """One attempt, ended within timeout as a whole: (status, headers, the answer's first
+        bytes). A 64 MB or trickling answer costs its first MAX_ANSWER_BYTES, or the time left."""
         signature = hmac.new(self._secret.reveal().encode(), timestamp.encode() + b"." + body,
                              hashlib.sha256).hexdigest()
         headers = {**self.extra_headers, "Content-Type": "application/json",
                    "X-Idle-Timestamp": timestamp, "X-Idle-Signature": f"sha256={signature}",
                    "Idempotency-Key": key}
-        return client.post(self.url, content=body, headers=headers, timeout=max(timeout, 0.1))
+        request = client.build_request("POST", self.url, content=body, headers=headers, timeout=timeout)
+        response = client.send(request, stream=True)
+        try:
+            try:
+                answer = read_at_most(response, MAX_ANSWER_BYTES)
+            except httpx.HTTPError:  # the status decides; a body too slow to read is dropped
+                answer = b""
+            return response.status_code, response.headers, answer
+        finally:
+            response.close()
 
-    def _http(self) -> Any:
+    def _http(self, bound: float) -> DeadlineClient:
+        """The process's client; no request it makes outlasts bound seconds."""
         if self._client is None:
             verify: Any = True
             if self.ca_file:
@@ -135,8 +172,11 @@ class Webhook:
                 verify = ssl.create_default_context(cafile=str(self.ca_file))
             # HTTP/1.1 keep-alive (httpx's default pool); redirects not followed: a 3xx is a
             # permanent misconfiguration, reported instead of re-POSTing the email elsewhere.
-            self._client = httpx.Client(verify=verify, follow_redirects=False,
-                                        headers={"User-Agent": "idle-supervisor"})
+            # Identity encoding: what is read is what was sent, never a body that inflates.
+            self._client = DeadlineClient(
+                bound, connect=bound, max_answer_bytes=MAX_ANSWER_BYTES, verify=verify,
+                follow_redirects=False,
+                headers={"User-Agent": "idle-supervisor", "Accept-Encoding": "identity"})
         return self._client
 
     def _scrub(self, text: str) -> str:
@@ -194,6 +234,26 @@ def _secret(options: dict[str, Any]) -> Secret:
     if isinstance(value, str) and value:
         return Secret(value)
     raise ValueError("webhook needs secret_env = \"NAME\" (or secret = \"...\")")
+
+
+def _check_url(url: str, allow_insecure: bool) -> None:
+    """http(s) only; plain http only to this machine unless allowed (as plain IMAP is)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("webhook needs url = \"https://...\" (or a tenant webhook_url)")
+    if parts.scheme == "http" and not is_loopback(parts.hostname) and not allow_insecure:
+        raise ValueError(f"refusing plain http to {parts.hostname}: mail would cross the network "
+                         "in clear; use https, or set allow_insecure = true in [handler]")
+
+
+def _flag(options: dict[str, Any], name: str) -> bool:
+    """A true/false option: a TOML boolean, or its text from an IDLE_SUPERVISOR_HANDLER_* variable."""
+    value = options.get(name, False)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise ValueError(f"webhook {name} must be true or false")
+    return value
 
 
 def _headers(value: Any) -> dict[str, str]:

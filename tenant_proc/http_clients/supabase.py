@@ -30,13 +30,15 @@ def make_client(url: str, key: str, timeout: float = READ_TIMEOUT,
 
     total_timeout: each request ends within this many seconds as a whole, however slowly the
     server answers (tenant_proc/http_clients/deadline.py); without it only each wait is bounded."""
+    # Redirects are not followed: httpx would send the apikey and Authorization headers (the
+    # service-role key) on to whatever host a redirect names. A 3xx is an error that says so.
     if total_timeout is not None:
         http: httpx.Client = DeadlineClient(total_timeout, connect=min(CONNECT_TIMEOUT, timeout),
-                                            follow_redirects=True)
+                                            follow_redirects=False)
     else:
         http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
-            follow_redirects=True,
+            follow_redirects=False,
         )
     options = ClientOptions(
         # supabase-py would otherwise retry GETs three times (1 + 2 + 4 s) on connect errors.
@@ -68,6 +70,9 @@ def describe_error(exc: BaseException, key: str | None = None) -> str:
         if exc.details and isinstance(exc.details, str) and len(exc.details) < 200:
             parts.append(f"({exc.details})")
         text = ": ".join(parts[:2]) + (" " + parts[2] if len(parts) > 2 else "")
+        if str(exc.code).isdigit() and 300 <= int(exc.code) < 400:
+            text += (" (a redirect: not followed, it would take the key to another address; "
+                     "set SUPABASE_URL to the address that answers)")
     elif isinstance(exc, httpx.TimeoutException):
         text = f"timed out ({type(exc).__name__})"
     elif isinstance(exc, httpx.ConnectError):

@@ -1,52 +1,21 @@
 """Open the TCP (and TLS) connection with one deadline that includes the DNS lookup.
 
 socket.create_connection() resolves with getaddrinfo(), which has no timeout: a slow or dead
-resolver could hold a tenant far beyond connect_timeout. Here the lookup runs in a short-lived
-helper thread the tenant waits on (beating meanwhile) for at most connect_timeout; then TCP
-connect, TLS handshake and greeting share what is left of one connect_timeout.
+resolver could hold a tenant far beyond connect_timeout. Here the lookup (tenant_proc/dns.py) runs
+in a short-lived helper thread the tenant waits on (beating meanwhile) for at most
+connect_timeout; then TCP connect, TLS handshake and greeting share what is left of one
+connect_timeout.
 """
 from __future__ import annotations
 
-import ipaddress
 import socket
 import ssl
-import threading
 import time
 from typing import Any, Callable
 
 from imapclient import IMAPClient, SocketTimeout, imap4, tls
 
-Address = tuple[Any, ...]  # one getaddrinfo() entry
-
-
-def resolve(host: str, port: int, timeout: float, keepalive: Callable[[], None] | None = None) -> list[Address]:
-    """getaddrinfo with a deadline; socket.timeout when it takes longer."""
-    try:
-        ipaddress.ip_address(host)
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-    except ValueError:
-        pass
-    outcome: dict[str, Any] = {}
-
-    def lookup() -> None:
-        try:
-            outcome["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=lookup, name="dns", daemon=True)
-    worker.start()
-    deadline = time.monotonic() + timeout
-    while worker.is_alive():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:  # the thread finishes (or not) on its own; nobody waits for it
-            raise socket.timeout(f"DNS lookup of {host} took longer than {timeout:g}s")
-        worker.join(min(remaining, 1.0))
-        if keepalive is not None:
-            keepalive()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["addresses"]
+from tenant_proc.dns import Address, resolve
 
 
 def _connect(addresses: list[Address], deadline: float) -> socket.socket:

@@ -51,7 +51,7 @@ def seed_hash(refresh_token: Secret | None) -> str:
 def open_token_store(spec: TenantSpec) -> TokenStore:
     if spec.state.backend == "supabase":
         key = spec.state.supabase_key.reveal() if spec.state.supabase_key else ""
-        return SupabaseTokenStore(spec.state.supabase_url, key)
+        return SupabaseTokenStore(spec.state.supabase_url, key, spec.state.request_timeout)
     from tenant_proc.store.sqlite import DB_NAME
 
     return SqliteTokenStore(Path(spec.state.state_dir) / DB_NAME)
@@ -99,9 +99,13 @@ class SqliteTokenStore:
 
 
 class SupabaseTokenStore:
-    def __init__(self, url: str, key: str) -> None:
+    """Each request bounded as a whole by timeout (the state store's request bound, derived
+    from heartbeat_timeout): a slow Supabase fails the step, never a heartbeat."""
+
+    def __init__(self, url: str, key: str, timeout: float = 10.0) -> None:
         self._url = url
         self._key = key
+        self._timeout = timeout
 
     def __repr__(self) -> str:
         return f"SupabaseTokenStore(url={self._url!r})"
@@ -111,7 +115,8 @@ class SupabaseTokenStore:
         from tenant_proc.signin.errors import scrub
 
         try:
-            client = make_client(self._url, self._key, timeout=10.0)
+            client = make_client(self._url, self._key, timeout=self._timeout,
+                                 total_timeout=self._timeout)
         except Exception as exc:
             raise StoreError(f"Supabase: {what} for tenant {tenant_id}: {describe_error(exc, self._key)}") from None
         try:

@@ -88,7 +88,7 @@ class TokenSource:
         budget: RequestBudget | None = None,
     ) -> None:
         self.spec = spec
-        self._fetch_token = fetch or provider_for(spec)
+        self._fetch_token = fetch or provider_for(spec, keepalive)
         self._store = store
         self.clock = clock
         self._keepalive = keepalive

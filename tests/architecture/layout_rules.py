@@ -55,6 +55,7 @@ FLOORS: dict[str, int] = {
     "tenant_proc.deps": 30,
     "tenant_proc.loopback": 30,
     "tenant_proc.private_files": 30,  # state_dir and its files: both sides use it
+    "tenant_proc.dns": 30,
     "tenant_proc": 30,  # the package's own __init__ only (PACKAGE_FACES)
     "ipc": 10,
 }

@@ -6,6 +6,7 @@ import logging
 import multiprocessing
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -44,16 +45,20 @@ def _append_many(path: str, tenant: str, count: int) -> None:
         jsonl(_email(uid, tenant), context)
 
 
-def test_jsonl_one_line_per_email_from_many_processes(tmp_path: Path) -> None:
-    path = str(tmp_path / "shared.jsonl")
+def lines_from_processes(path: Path, append: Callable[[str, str, int], None], count: int) -> list[dict]:
+    """append(path, tenant, count) run by 4 processes at once (tenants t0..t3): the file's lines."""
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_append_many, args=(path, f"t{n}", 200)) for n in range(4)]
+    procs = [ctx.Process(target=append, args=(str(path), f"t{n}", count)) for n in range(4)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(30)
+        p.join(60)
         assert p.exitcode == 0
-    records = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_jsonl_one_line_per_email_from_many_processes(tmp_path: Path) -> None:
+    records = lines_from_processes(tmp_path / "shared.jsonl", _append_many, 200)
     assert len(records) == 800
     assert {(r["tenant_id"], r["uid"]) for r in records} == {(f"t{n}", u) for n in range(4) for u in range(200)}
 

@@ -6,6 +6,8 @@ answering service to, records what came, and answers from a plan:
     receiver.plan(500, 500, 500)            # then the default (200)
     receiver.plan(Reply(429, retry_after=1))
     receiver.plan(Reply(hang=5))            # hold the request open, answer nothing in time
+    receiver.plan(Reply(trickle=0.5))       # the whole answer a byte every 0.5 s
+    receiver.plan(Reply(503, filler=64 << 20))  # a 64 MB answer
     receiver.default = Reply(400, b"bad")   # every request not planned
     receiver.down(); receiver.up()          # the port refuses connections meanwhile
 """
@@ -20,6 +22,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.servers.hostile_http import Answer, send_answer
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -27,6 +31,8 @@ class Reply:
     body: bytes = b'{"ok": true}'
     retry_after: float | None = None
     hang: float = 0.0  # seconds to wait before answering
+    trickle: float = 0.0  # seconds between single bytes of the answer (tests/servers/hostile_http.py)
+    filler: int = 0  # bytes of body after `body`
 
 
 @dataclass
@@ -63,6 +69,7 @@ class WebhookReceiver:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.request_started = threading.Event()
+        self.stopped = threading.Event()  # set by down(): ends a trickling answer
 
     @property
     def url(self) -> str:
@@ -97,6 +104,7 @@ class WebhookReceiver:
 
     def up(self) -> WebhookReceiver:
         receiver = self
+        self.stopped.clear()
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as the handler's client expects
@@ -113,6 +121,12 @@ class WebhookReceiver:
                 receiver.record(item)
                 if reply.hang:
                     time.sleep(reply.hang)
+                if reply.trickle or reply.filler:  # a trickled answer counts as never answered
+                    item.answered = None if reply.trickle else reply.status
+                    answer = Answer(reply.status, reply.body, trickle=reply.trickle, filler=reply.filler)
+                    send_answer(self.wfile, answer, receiver.stopped)
+                    self.close_connection = True
+                    return
                 item.answered = reply.status
                 try:
                     self.send_response(reply.status)
@@ -136,6 +150,7 @@ class WebhookReceiver:
 
     def down(self) -> None:
         """Stop listening: connections to the port are refused until up() (same port)."""
+        self.stopped.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

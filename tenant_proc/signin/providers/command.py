@@ -1,10 +1,12 @@
 """provider = "command": a program prints the access token (any other IdP, a secret manager).
 
-Run as an argv list (no shell), with a timeout, in its own process group (killed whole on a
-timeout), with a minimal environment: PATH, HOME, LANG plus IDLE_TENANT_ID, IDLE_USERNAME and
-IDLE_OAUTH_SCOPE; never the supervisor's secrets. Its stdout is either the bare token (one line;
-lifetime assumed an hour) or JSON {"access_token": ..., "expires_in": ...}. Exit status 75
-(EX_TEMPFAIL) means "try again later"; any other failure needs the operator.
+Run as an argv list (no shell), within token_timeout as a whole, in its own process group
+(killed whole on a timeout), with a minimal environment: PATH, HOME, LANG plus IDLE_TENANT_ID,
+IDLE_USERNAME and IDLE_OAUTH_SCOPE; never the supervisor's secrets. The tenant beats while it
+runs (keepalive) and keeps at most 64 KB of each output (tenant_proc/process/pipes.py). Its
+stdout is either the bare token (one line; lifetime assumed an hour) or JSON
+{"access_token": ..., "expires_in": ...}. Exit status 75 (EX_TEMPFAIL) means "try again later";
+any other failure needs the operator.
 """
 from __future__ import annotations
 
@@ -12,19 +14,20 @@ import json
 import os
 import signal
 import subprocess
+from typing import Callable
 
 from tenant_proc.errors import ConnectionLost, FatalError
+from tenant_proc.process.pipes import exchange
 from tenant_proc.signin import errors
 from tenant_proc.signin.providers.base import DEFAULT_LIFETIME, TokenResponse
 from tenant_proc.signin.providers.http import parse_answer
 from tenant_proc.spec import Secret, TenantSpec
 
 EX_TEMPFAIL = 75
-MAX_OUTPUT = 64 * 1024
 PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 
 
-def fetch(spec: TenantSpec) -> TokenResponse:
+def fetch(spec: TenantSpec, keepalive: Callable[[], None] = lambda: None) -> TokenResponse:
     oauth = spec.oauth
     assert oauth is not None
     where = f"{errors.who(spec)} token command {os.path.basename(oauth.command[0])}"
@@ -37,13 +40,13 @@ def fetch(spec: TenantSpec) -> TokenResponse:
     except OSError as exc:
         raise FatalError("config", f"{where} cannot run: {exc.strerror or exc}") from None
     try:
-        out, err = proc.communicate(timeout=oauth.token_timeout)
+        output = exchange(proc, None, oauth.token_timeout, keepalive)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         raise ConnectionLost(f"{where} gave no token within {oauth.token_timeout:g}s") from None
-    text = out[:MAX_OUTPUT].decode("utf-8", "replace").strip()
+    text = output.stdout.decode("utf-8", "replace").strip()
     if proc.returncode != 0:
-        last = (err.decode("utf-8", "replace").strip().splitlines() or [""])[-1]
+        last = (output.stderr.decode("utf-8", "replace").strip().splitlines() or [""])[-1]
         reason = f"{where} exited with status {proc.returncode}: {errors.scrub(last, [text])[:200]}"
         if proc.returncode == EX_TEMPFAIL:
             raise ConnectionLost(reason)
@@ -67,4 +70,4 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
         pass
-    proc.communicate()
+    proc.wait()

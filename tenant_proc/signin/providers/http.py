@@ -2,10 +2,12 @@
 
 authlib builds the form body of each grant (client_credentials, refresh_token, JWT bearer) and
 the client authentication (client_secret_post, private_key_jwt); this module adds what a
-tenant process needs around it: a bounded timeout, the token endpoint's own trust store, the
-HTTP status read before authlib parses the body (429/5xx are "try later", not a bad grant), and
-errors turned into one scrubbed line. A client lives for one request: nothing stays open in a
-tenant that asks for a token about once an hour.
+tenant process needs around it: the request bounded as a whole by token_timeout (DNS, connect,
+a trickling answer: tenant_proc/http_clients/deadline.py) and at most MAX_ANSWER_BYTES of the
+answer read, uncompressed, the token endpoint's own trust store, the HTTP status read before
+authlib parses the body (429/5xx are "try later", not a bad grant), and errors turned into one
+scrubbed line. A client lives for one request: nothing stays open in a tenant that asks for a
+token about once an hour.
 """
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ from urllib.parse import urlsplit
 
 from tenant_proc.deps import MissingDependency, require
 from tenant_proc.errors import MAX_SERVER_BACKOFF, ConnectionLost, FatalError
+from tenant_proc.http_clients.deadline import answer_too_large, bound_requests
 from tenant_proc.imap.tls import ssl_context
 from tenant_proc.signin import errors
 from tenant_proc.signin.providers.base import DEFAULT_LIFETIME, TokenResponse
 from tenant_proc.spec import Secret, TenantSpec
 
 INSTALL = "pip install 'authlib>=1.3' httpx"
+MAX_ANSWER_BYTES = 64 * 1024  # a token answer is a few KB; the rest of a larger one is never read
 
 
 class _QuietWhileRequesting(logging.Filter):
@@ -37,6 +41,10 @@ class _QuietWhileRequesting(logging.Filter):
 
 _quiet = _QuietWhileRequesting()
 logging.getLogger("httpx").addFilter(_quiet)
+
+
+class _EncodedAnswer(Exception):
+    """The endpoint compressed its answer although asked not to: 64 KB could inflate to 64 MB."""
 
 
 class _EndpointBusy(Exception):
@@ -88,7 +96,9 @@ def request_token(
         client_id=client_id, client_secret=client_secret, token_endpoint_auth_method=method_name,
         timeout=httpx.Timeout(oauth.token_timeout), verify=verify, follow_redirects=False,
         trust_env=False,  # no proxy or CA settings from the environment: token_ca_file decides
+        headers={"Accept-Encoding": "identity"}, event_hooks={"response": [_uncompressed]},
     )
+    bound_requests(client, oauth.token_timeout, MAX_ANSWER_BYTES)
     if not isinstance(auth_method, str):
         client.register_client_auth_method(auth_method)
     client.register_compliance_hook("access_token_response", _status_first)
@@ -105,10 +115,15 @@ def request_token(
         raise FatalError("config", f"{where} answered HTTP {exc.response.status_code} without an "
                                    "OAuth error: check token_url") from None
     except httpx.TransportError as exc:
+        if answer_too_large(exc):
+            raise ConnectionLost(f"{where} answered more than {MAX_ANSWER_BYTES} bytes: "
+                                 "not a token answer (check token_url)") from None
         if isinstance(exc.__context__, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
             raise FatalError("config", f"{where}: certificate verification failed "
                                        "(set token_ca_file for a private CA)") from None
         raise ConnectionLost(f"{where} cannot connect: {errors.scrub(str(exc), secrets)[:200]}") from None
+    except _EncodedAnswer as exc:
+        raise ConnectionLost(f"{where}: {exc}") from None
     except ValueError as exc:  # 2xx whose body is not a JSON object
         raise FatalError("config", f"{where}: {errors.scrub(str(exc), secrets)[:200]}") from None
     except Exception as exc:  # anything else from the libraries: one scrubbed line, retried later
@@ -132,6 +147,14 @@ def parse_answer(spec: TenantSpec, answer: dict[str, Any]) -> TokenResponse:
     refresh = answer.get("refresh_token")
     return TokenResponse(Secret(token), max(lifetime, 0.0),
                          Secret(refresh) if isinstance(refresh, str) and refresh else None)
+
+
+def _uncompressed(response: Any) -> None:
+    """httpx response hook, before the body is read: only identity-encoded answers."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise _EncodedAnswer(f"answered with Content-Encoding {encoding[:40]} although asked for "
+                             "identity")
 
 
 def _status_first(response: Any) -> Any:
