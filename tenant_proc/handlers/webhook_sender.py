@@ -37,7 +37,7 @@ import httpx
 import orjson
 
 from tenant_proc.handlers.loader import HandlerContext, PermanentHandlerError
-from tenant_proc.message import Email
+from tenant_proc.message import Email, answering_fields
 from tenant_proc.spec import Secret
 
 DEFAULT_TIMEOUT = 10.0
@@ -173,6 +173,7 @@ def webhook_document(email: Email, tenant: dict[str, Any], include_raw: bool,
         "size": email.size,
         "truncated": email.truncated,
         "redelivered": email.redelivered,
+        **answering_fields(email),
     }
     if include_raw:
         fits = len(email.raw) <= max_raw_bytes
