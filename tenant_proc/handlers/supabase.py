@@ -7,9 +7,10 @@
 Upserts on (tenant_id, folder, uidvalidity, uid), so an email handed over again after a crash
 updates its row instead of adding a second one. The answering fields (reply_to, in_reply_to,
 references, list_id, auto, from_self) are columns since sql/008_answering.sql; a table without
-them still gets its rows, without those columns, and one warning says which migration to run. URL and key come from SUPABASE_URL and
-SUPABASE_SERVICE_ROLE_KEY (names changeable with url_env / key_env), never from the config
-file. The client is made on first use, inside the tenant process.
+them still gets its rows, without those columns, and one warning says which migration to run.
+URL and key come from SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (names changeable with
+url_env / key_env), never from the config file. The client is made on first use, inside the
+tenant process.
 """
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ from tenant_proc.store.failed_ledger import ledger_for
 from tenant_proc.store.sqlite import SqliteStore
 from tenant_proc.store.supabase import SupabaseStore
 from tests.servers.postgres.pg import PostgresDatabase
-from tests.servers.postgres.postgrest_server import TEST_SERVICE_KEY, PostgrestServer
 from tests.store.test_supabase import add_company
+from tests.store.test_supabase_handling import store  # noqa: F401 (fixture: plain and fenced)
 
 
 def _skip_then_begin(store) -> None:
@@ -40,20 +40,9 @@ def test_sqlite_ledger(tmp_path: Path) -> None:
         store.close()
 
 
-@pytest.fixture(params=["plain", "fenced"])
-def supabase_store(request, postgrest: PostgrestServer, pg_db: PostgresDatabase):
-    add_company(pg_db, "acme")
-    token = None
-    if request.param == "fenced":
-        ((_, token),) = pg_db.execute("SELECT * FROM claim_companies('me', 30, 1)")
-    store = SupabaseStore(postgrest.url, TEST_SERVICE_KEY, fencing_token=token)
-    yield store
-    store.close()
-
-
 @pytest.mark.integration
-def test_supabase_ledger(supabase_store: SupabaseStore, pg_db: PostgresDatabase) -> None:
-    _skip_then_begin(supabase_store)
+def test_supabase_ledger(store: SupabaseStore, pg_db: PostgresDatabase) -> None:
+    _skip_then_begin(store)  # plain and fenced (the cluster's SQL functions)
     rows = pg_db.execute("SELECT uid, status, error FROM processed_emails ORDER BY uid")
     assert rows == [(5, "skipped", "bounce"), (6, "processed", None)]
     assert pg_db.execute("SELECT last_uid FROM imap_checkpoints") == [(6,)]
