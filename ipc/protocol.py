@@ -19,7 +19,8 @@ Child -> parent
   hello      {"type", "tenant_id", "pid"}
   heartbeat  {"type", "state", "mode", "counters": {...}, "last_error", "server_idle_age",
               "quiet_for" (optional)}
-  processed  {"type", "uid", "uidvalidity", "message_id", "status", "latency"}
+  processed  {"type", "uid", "uidvalidity", "message_id", "status", "latency", "class" (only
+              with status "skipped": the class `[imap] skip` kept it from the handler for)}
   fatal      {"type", "kind": "auth" | "config", "reason"}   (just before exiting EXIT_*)
   command_group {"type", "pgid": int | null, "start": int | null}  (a `command` handler's
              program started as the leader of its own process group, with its start time
@@ -30,7 +31,7 @@ Parent -> child
   replay     {"type"}   (after SIGHUP: look in the ledger for emails an operator marked with
                          `idle-supervisor retry`, and hand them over again)
 
-Counters are plain ints: processed, failed, reconnects, logins.
+Counters are plain ints: processed, failed, reconnects, logins; skipped and skipped_<class>.
 
 quiet_for: a child waiting on its server (idle, or between polls) with nothing to report beats
 less often (idle_heartbeat_interval); it says by how many seconds its next beat may come later
@@ -163,9 +164,10 @@ def heartbeat(
 
 
 def processed(
-    uid: int, uidvalidity: int, message_id: str | None, status: str, latency: float | None
+    uid: int, uidvalidity: int, message_id: str | None, status: str, latency: float | None,
+    skip_class: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    message = {
         "type": "processed",
         "uid": uid,
         "uidvalidity": uidvalidity,
@@ -173,6 +175,9 @@ def processed(
         "status": status,
         "latency": latency,
     }
+    if skip_class is not None:
+        message["class"] = _cut(skip_class, 40)
+    return message
 
 
 def fatal(kind: str, reason: str) -> dict[str, Any]:

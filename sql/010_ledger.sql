@@ -4,15 +4,16 @@
 --      retry`, run on any machine), and `retry` can say which instance that is.
 --
 -- 1. Done rows.
--- A done row (processed, failed, expunged, duplicate) was handed over, or given up on, exactly
--- once. fenced_record_attempt's ON CONFLICT DO UPDATE did not look at the status: after a
+-- A done row (processed, failed, expunged, duplicate, skipped) was handed over, or given up on,
+-- exactly once. fenced_record_attempt's ON CONFLICT DO UPDATE did not look at the status: after a
 -- `processed` row whose checkpoint write timed out, a refused FETCH of that UID turned it back
 -- into `retrying`, and the next attempt handed the email over again as new (redelivered=false).
 -- The plain REST write of tenant_proc/store/supabase.py had the same hole and is fixed there.
 --
--- The done statuses now live in ONE place, idle_supervisor_is_done() below, and every ledger
--- function asks it: a new done status is added there (and to DONE_STATUSES in
--- tenant_proc/store/api.py, the Python side's one place), nowhere else. Only an operator's
+-- The done statuses live in ONE place, idle_supervisor_done_statuses() (sql/008), which
+-- idle_supervisor_is_done() below asks, and every ledger function asks that: a new done status is
+-- added there (and to DONE_STATUSES in tenant_proc/store/api.py, the Python side's one place),
+-- nowhere else. Only an operator's
 -- `idle-supervisor retry` turns a `failed` row into `replay` (tenant_proc/store/failed_ledger.py).
 begin;
 
@@ -22,7 +23,7 @@ language sql
 immutable
 set search_path = ''
 as $$
-    select coalesce(p_status in ('processed', 'failed', 'expunged', 'duplicate'), false)
+    select coalesce(p_status = any (public.idle_supervisor_done_statuses()), false)
 $$;
 
 -- Count a failed attempt; returns the attempts so far. A done row is left exactly as it is (a

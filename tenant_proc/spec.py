@@ -17,6 +17,10 @@ SECURITY_MODES: tuple[str, ...] = ("tls", "starttls", "plain")
 AUTH_METHODS: tuple[str, ...] = ("password", "xoauth2", "oauthbearer")
 BACKFILL_MODES: tuple[str, ...] = ("none", "unseen", "all")
 UIDVALIDITY_MODES: tuple[str, ...] = ("reprocess_since_last", "skip_to_new")
+# The values of an email's `auto` field (tenant_proc/message/classify.py decides them), and what
+# `[imap] skip` may list: those plus "self" (the From address is the mailbox's own).
+AUTO_CLASSES: tuple[str, ...] = ("bounce", "auto_reply", "auto_generated", "list", "bulk")
+SKIP_CLASSES: tuple[str, ...] = (*AUTO_CLASSES, "self")
 
 
 class Secret:
@@ -87,6 +91,9 @@ class ImapSettings:
     # Seconds: an email whose Message-ID this tenant already handled this recently is recorded
     # `duplicate` and not handed over (Outlook add-ins re-upload mail under a new UID). 0 = off.
     dedupe_window: float = 0.0
+    # Classes of mail (SKIP_CLASSES) never handed to the handler: recorded `skipped` with their
+    # class instead. Empty by default: every email goes over, with its `auto` and `from_self`.
+    skip: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,12 @@ class TenantSpec:
     # The longest one request without a heartbeat inside it may take, as a whole (a webhook
     # attempt, a handler's request): derived from heartbeat_timeout (supervisor/config/timeouts.py).
     request_bound: float = 12.5
+    # The mailbox's other addresses and aliases (tenant key / column `addresses`), lower case:
+    # with username, what from_self compares the From address with.
+    addresses: tuple[str, ...] = ()
+
+    def own_addresses(self) -> tuple[str, ...]:
+        return (self.username.strip().lower(), *self.addresses)
 
     def public_info(self) -> dict[str, Any]:
         """Tenant info safe to hand to handlers, logs and status: no secrets."""
@@ -190,4 +203,5 @@ class TenantSpec:
             "security": self.security,
             "username": self.username,
             "folder": self.folder,
+            "addresses": list(self.addresses),
         }

@@ -104,8 +104,11 @@ class ChildMessages:
             # shows it. The child counts each one as it sends this message, so the next
             # heartbeat's counters (base + the child's own) agree with this.
             outcome = message.get("status")
-            if outcome in ("processed", "failed"):
+            if outcome in ("processed", "failed", "skipped"):
                 record.counters[outcome] += 1
+            skipped = f"skipped_{message.get('class')}"
+            if outcome == "skipped" and skipped in record.counters:
+                record.counters[skipped] += 1
             latency = message.get("latency")
             if isinstance(latency, (int, float)) and latency >= 0:
                 self.latency.observe(float(latency))

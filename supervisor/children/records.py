@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ipc.protocol import EXIT_AUTH, EXIT_CONFIG, EXIT_OK
-from tenant_proc.spec import TenantSpec
+from tenant_proc.spec import SKIP_CLASSES, TenantSpec
 
 # A child may not ask for more quiet than this, whatever its message says.
 MAX_QUIET = 3600.0
@@ -35,10 +35,13 @@ class StopReason(str, enum.Enum):
     HUNG = "hung"
 
 
+# Emails `[imap] skip` kept from the handler: all of them, and per class.
+SKIPPED_COUNTERS = tuple(f"skipped_{name}" for name in SKIP_CLASSES)
 COUNTER_NAMES = ("processed", "failed", "reconnects", "logins",
                  # handler latency (any handler) and the webhook handler's outcomes
                  "handler_calls", "handler_ms", "webhook_attempts", "webhook_retries",
-                 "webhook_2xx", "webhook_3xx", "webhook_4xx", "webhook_5xx", "webhook_errors")
+                 "webhook_2xx", "webhook_3xx", "webhook_4xx", "webhook_5xx", "webhook_errors",
+                 "skipped", *SKIPPED_COUNTERS)
 # Heartbeat values that are a current reading, not a running count: taken as they come, never
 # added across restarts. failed_in_ledger: this tenant's emails in the ledger as `failed` now.
 GAUGE_NAMES = ("failed_in_ledger",)

@@ -27,11 +27,17 @@ from supervisor.service.pidfile import read_pid
 from tenant_proc.store.api import StoreError
 from tenant_proc.store.failed_ledger import FailedEmail, FailedLedger, ledger_for
 
+# Done statuses `failed --status` lists: each row's error says why (for skipped: its class).
+LISTED_STATUSES = ("failed", "skipped", "duplicate", "expunged")
+
 
 def add_commands(sub: Any) -> None:
-    failed = sub.add_parser("failed", help="list emails recorded as failed")
+    failed = sub.add_parser("failed", help="list emails recorded as failed (or --status skipped, ...)")
     with_config(failed)
     failed.add_argument("--tenant", metavar="ID", help="only this tenant's")
+    failed.add_argument("--status", choices=LISTED_STATUSES, default="failed",
+                        help="list this ledger status instead: skipped (the class is the error), "
+                             "duplicate, expunged")
     failed.add_argument("--json", action="store_true", help="a JSON list of objects")
     failed.set_defaults(func=cmd_failed)
 
@@ -46,14 +52,14 @@ def add_commands(sub: Any) -> None:
 def cmd_failed(args: argparse.Namespace) -> int:
     _, config = load(args)
     with open_ledger(config) as ledger:
-        emails = ledger.list_failed(args.tenant)
+        emails = ledger.list_failed(args.tenant, status=args.status)
     if args.json:
         import orjson
 
         sys.stdout.write(orjson.dumps([e.as_dict() for e in emails],
                                       option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
-    print(format_failed_table(emails))
+    print(format_failed_table(emails, args.status))
     return 0
 
 
@@ -132,14 +138,16 @@ def open_ledger(config: Config) -> Iterator[FailedLedger]:
         store.close()
 
 
-def format_failed_table(emails: list[FailedEmail]) -> str:
+def format_failed_table(emails: list[FailedEmail], status: str = "failed") -> str:
     if not emails:
-        return "no failed emails"
-    rows = [["TENANT", "UID", "MESSAGE-ID", "ATTEMPTS", "FAILED AT", "ERROR"]]
+        return f"no {status} emails"
+    when = f"{status.upper()} AT"
+    why = "CLASS" if status == "skipped" else "ERROR"  # a skipped row's error is its class
+    rows = [["TENANT", "UID", "MESSAGE-ID", "ATTEMPTS", when, why]]
     for e in emails:
         rows.append([e.tenant_id, str(e.uid), (e.message_id or "-")[:60], str(e.attempts),
                      e.failed_at or "-", " ".join((e.error or "").split())[:100]])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join([c.ljust(widths[i]) for i, c in enumerate(row[:-1])] + [row[-1]]).rstrip()
              for row in rows]
-    return "\n".join(lines + [f"{len(emails)} failed email(s)"])
+    return "\n".join(lines + [f"{len(emails)} {status} email(s)"])

@@ -100,7 +100,7 @@ def format_status_table(status: dict[str, Any]) -> str:
                      f"being handed back), {cluster.get('live_instances')} live instances, "
                      f"{cluster.get('lost_total')} leases lost so far")
     header = ["TENANT", "NAME", "PID", "STATE", "MODE", "HEARTBEAT", "PROCESSED", "FAILED",
-              "IN FAILED", "RESTARTS", "RSS", "CPU%", "LAST ERROR"]
+              "IN FAILED", "SKIPPED", "RESTARTS", "RSS", "CPU%", "LAST ERROR"]
     rows = [header]
     for tid, t in status.get("tenants", {}).items():
         age = t.get("last_heartbeat_age")
@@ -110,7 +110,7 @@ def format_status_table(status: dict[str, Any]) -> str:
             t.get("mode") or "-", f"{age:.1f}s ago" if isinstance(age, (int, float)) else "-",
             str(t.get("processed", 0)), str(t.get("failed", 0)),
             "-" if t.get("failed_in_ledger") is None else str(t["failed_in_ledger"]),
-            str(t.get("restarts", 0)),
+            str(t.get("skipped", 0)), str(t.get("restarts", 0)),
             f"{rss / 1048576:.1f}M" if rss else "-",
             f"{t['cpu_percent']:.2f}" if t.get("cpu_percent") is not None else "-",
             (t.get("last_error") or "")[:80],

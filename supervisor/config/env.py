@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from supervisor.errors import ConfigError
+from tenant_proc.spec import SKIP_CLASSES
 
 CONFIG_ENV = "IDLE_SUPERVISOR_CONFIG"
 ENV_PREFIX = "IDLE_SUPERVISOR_"
@@ -69,3 +70,19 @@ def strict_bool(value: Any, where: str) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
     raise ConfigError(f"{where} must be true or false, not {str(value)[:40]!r}")
+
+
+def skip_classes(value: Any, where: str) -> tuple[str, ...]:
+    """`skip`: a list of classes (SKIP_CLASSES), or their names separated by commas (an
+    environment variable, a text column); an unknown name is refused, never ignored: a typo
+    would otherwise hand every bounce to the answering service."""
+    if isinstance(value, str):
+        value = [part for part in (p.strip() for p in value.split(",")) if part]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of {', '.join(SKIP_CLASSES)}")
+    names = tuple(dict.fromkeys(v.strip().lower() for v in value))
+    unknown = [n for n in names if n not in SKIP_CLASSES]
+    if unknown:
+        raise ConfigError(f"{where}: unknown class {unknown[0][:40]!r} "
+                          f"(known: {', '.join(SKIP_CLASSES)})")
+    return names

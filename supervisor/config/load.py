@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from supervisor.config.env import env_overrides, strict_bool
+from supervisor.config.env import env_overrides, skip_classes, strict_bool
 from supervisor.config.settings import (
     ClusterSettings,
     Config,
@@ -81,6 +81,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string")
         return value
+    if isinstance(default, tuple):  # [imap] skip: a list of class names
+        return skip_classes(value, where)
     return value
 
 

@@ -17,7 +17,7 @@ import selectors
 import socket
 from typing import Any, Callable, Iterable, Iterator
 
-from supervisor.children.records import TenantRecord
+from supervisor.children.records import SKIPPED_COUNTERS, TenantRecord
 from supervisor.service.exchanges import Exchanges, Limits
 from tenant_proc.deps import MissingDependency, require
 
@@ -183,6 +183,9 @@ def _handler_families(records: list[TenantRecord], labels: list[str]) -> Iterato
     in_failed = GaugeMetricFamily("idle_supervisor_emails_in_failed",
                                   "Emails in the ledger as failed (replay: idle-supervisor retry)",
                                   labels=labels)
+    skipped = CounterMetricFamily("idle_supervisor_emails_skipped",
+                                  "Emails [imap] skip kept from the handler, by class",
+                                  labels=[*labels, "class"])
     for r in records:
         key = [r.id, r.name]
         calls.add_metric(key, r.counters["handler_calls"])
@@ -193,4 +196,6 @@ def _handler_families(records: list[TenantRecord], labels: list[str]) -> Iterato
             responses.add_metric([*key, cls.rstrip("s")], r.counters[f"webhook_{cls}"])
         if "failed_in_ledger" in r.gauges:
             in_failed.add_metric(key, r.gauges["failed_in_ledger"])
-    yield from (calls, seconds, attempts, retries, responses, in_failed)
+        for name in SKIPPED_COUNTERS:
+            skipped.add_metric([*key, name[len("skipped_"):]], r.counters[name])
+    yield from (calls, seconds, attempts, retries, responses, in_failed, skipped)

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from supervisor.children.records import COUNTER_NAMES, TenantRecord
+from supervisor.children.records import COUNTER_NAMES, SKIPPED_COUNTERS, TenantRecord
 
 STATUS_FILE = "status.json"
 WEBHOOK_COUNTERS = tuple(n for n in COUNTER_NAMES if n.startswith("webhook_"))
@@ -49,6 +49,10 @@ def tenant_status(record: TenantRecord, now: float) -> dict[str, Any]:
         "handler_seconds": round(record.counters["handler_ms"] / 1000, 3),
         "webhook": {name[len("webhook_"):]: record.counters[name]
                     for name in WEBHOOK_COUNTERS},
+        # issue 23: emails `[imap] skip` kept from the handler, and how many of each class
+        "skipped": record.counters["skipped"],
+        "skipped_by_class": {name[len("skipped_"):]: record.counters[name]
+                             for name in SKIPPED_COUNTERS},
     }
 
 

@@ -28,6 +28,8 @@ COLUMNS = {
     "imap_auth": "auth",  # sql/004_oauth.sql
     "webhook_url": "webhook_url",  # sql/005_webhook.sql
     "dedupe_window": "dedupe_window",  # sql/007_tenant_dedupe.sql (absent before it: the [imap] value)
+    "addresses": "addresses",  # sql/008_answering.sql: the mailbox's other addresses (text[])
+    "skip": "skip",  # sql/008_answering.sql: classes kept from the handler (text[]; NULL: [imap] skip)
 }
 # sql/004_oauth.sql: the secret columns of an OAuth company -> keys of its [tenant.oauth] table
 # (the jsonb column `oauth` holds the others).

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from supervisor.config.env import strict_bool
+from supervisor.config.env import skip_classes, strict_bool
 from supervisor.config.timeouts import request_bound
 from supervisor.errors import ConfigError
 from supervisor.tenants.oauth_rows import auth_method, oauth_spec_from_row
@@ -67,6 +67,7 @@ def build_tenant_specs(
 _TENANT_KEYS = {
     "id", "name", "host", "port", "security", "username", "password", "password_env",
     "folder", "ca_file", "allow_insecure", "auth", "oauth", "webhook_url", "dedupe_window",
+    "addresses", "skip",
 }
 
 
@@ -112,6 +113,10 @@ def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mappin
     if row.get("dedupe_window") is not None:
         # Part of spec.imap, so the reload diff sees a changed window and restarts this tenant only.
         imap = replace(imap, dedupe_window=_seconds(row["dedupe_window"], "dedupe_window"))
+    if row.get("skip") is not None:
+        # Replaces [imap] skip for this tenant (an empty list: hand everything over); part of
+        # spec.imap, so a changed list restarts this tenant only.
+        imap = replace(imap, skip=skip_classes(row["skip"], "skip"))
     return TenantSpec(
         id=tenant_id,
         name=str(row.get("name") or tenant_id),
@@ -134,6 +139,7 @@ def tenant_spec_from_row(config: Config, row: Mapping[str, Any], environ: Mappin
         oauth=oauth,
         webhook_url=webhook_url,
         request_bound=bound,
+        addresses=_addresses(row.get("addresses")),
     )
 
 
@@ -158,6 +164,22 @@ def _seconds(value: Any, key: str) -> float:
     if not math.isfinite(number) or number < 0:
         raise ConfigError(f"{key} must be a number of seconds >= 0, not {str(value)[:40]!r}")
     return number
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    """`addresses`: the mailbox's other addresses and aliases (a list, or one text of them
+    separated by commas), lower case, for from_self."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("addresses must be a list of email addresses")
+    found = [v.strip().strip("<>").strip().lower() for v in value if v.strip()]
+    bad = [a for a in found if "@" not in a or any(c.isspace() for c in a)]
+    if bad:
+        raise ConfigError(f"addresses: {bad[0][:80]!r} is not an email address")
+    return tuple(dict.fromkeys(found))
 
 
 def _has_password(row: Mapping[str, Any]) -> bool:

@@ -15,7 +15,7 @@ import orjson
 
 from tenant_proc.handlers.jsonl_index import already_written, index_for
 from tenant_proc.handlers.loader import HandlerContext
-from tenant_proc.message import Email
+from tenant_proc.message import Email, answering_fields
 
 
 def jsonl(email: Email, context: HandlerContext) -> None:
@@ -75,6 +75,7 @@ def _jsonl_record(email: Email) -> dict[str, Any]:
         "size": email.size,
         "truncated": email.truncated,
         "attachments": [a.get("name") for a in email.attachments],
+        **answering_fields(email),
     }
 
 

@@ -72,6 +72,8 @@ def command_env(email: Email, options: dict[str, Any], environ: Any) -> dict[str
         IDLE_MESSAGE_ID=_env_value(email.message_id or ""),
         IDLE_FOLDER=email.folder,
         IDLE_REDELIVERED="1" if email.redelivered else "",  # may already have been handled
+        IDLE_AUTO=email.auto or "",  # bounce, auto_reply, ...: never answer those
+        IDLE_IN_REPLY_TO=_env_value(email.in_reply_to or ""),
     )
     return env
 
@@ -85,8 +87,8 @@ def _argv(options: dict[str, Any]) -> list[str]:
 
 
 def _env_value(text: str) -> str:
-    """The kernel refuses NUL in a variable (and anything over 128 KiB): a Message-ID that
-    decodes to one must not fail the email on every attempt."""
+    """The kernel refuses NUL in a variable (and anything over 128 KiB): a Message-ID (or an
+    In-Reply-To) that decodes to one must not fail the email on every attempt."""
     return text.replace("\x00", "")[:MAX_ENV_VALUE_CHARS]
 
 

@@ -5,9 +5,12 @@
     table = "emails"                          # default; sql/001_init.sql creates it
 
 Upserts on (tenant_id, folder, uidvalidity, uid), so an email handed over again after a crash
-updates its row instead of adding a second one. URL and key come from SUPABASE_URL and
-SUPABASE_SERVICE_ROLE_KEY (names changeable with url_env / key_env), never from the config
-file. The client is made on first use, inside the tenant process.
+updates its row instead of adding a second one. The answering fields (reply_to, in_reply_to,
+references, list_id, auto, from_self) are columns since sql/008_answering.sql; a table without
+them still gets its rows, without those columns, and one warning says which migration to run.
+URL and key come from SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (names changeable with
+url_env / key_env), never from the config file. The client is made on first use, inside the
+tenant process.
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ except ImportError:  # not installed: SupabaseInsert reports it at load, as one 
     pass
 
 CONFLICT_KEY = "tenant_id,folder,uidvalidity,uid"
+ANSWERING_COLUMNS = ("reply_to", "in_reply_to", "references", "list_id", "auto", "from_self")
+# PostgREST's "Could not find the 'x' column of 't' in the schema cache"; PostgreSQL's own.
+MISSING_COLUMN_CODES = frozenset({"PGRST204", "42703"})
 
 
 class SupabaseInsert:
@@ -44,6 +50,7 @@ class SupabaseInsert:
                 "supabase_insert needs the supabase package: pip install 'supabase>=2.34,<3'"
             ) from None
         self._client: Any = None
+        self._answering_columns = True  # False once the table turned out not to have them
 
     def __repr__(self) -> str:
         return f"SupabaseInsert(table={self.table!r}, url={self._url!r})"
@@ -58,11 +65,25 @@ class SupabaseInsert:
                 # request, so a slow Supabase must be a retry, not a "hung" kill.
                 bound = min(10.0, context.request_timeout)
                 self._client = make_client(self._url, self._key, timeout=bound, total_timeout=bound)
-            (self._client.table(self.table)
-             .upsert(email_row(email), on_conflict=CONFLICT_KEY, returning="minimal").execute())
+            row = email_row(email)
+            try:
+                self._upsert(row if self._answering_columns else _without_answering(row))
+            except Exception as exc:
+                if not self._answering_columns or getattr(exc, "code", None) not in MISSING_COLUMN_CODES:
+                    raise
+                self._answering_columns = False
+                context.logger.warning(
+                    "supabase_insert: %s has no column for the answering fields (%s); run "
+                    "sql/008_answering.sql. Rows go in without them meanwhile", self.table,
+                    describe_error(exc, self._key))
+                self._upsert(_without_answering(row))
         except Exception as exc:
             # The mailbox loop retries the email later; the message must not carry the key.
             raise RuntimeError(f"supabase_insert into {self.table}: {describe_error(exc, self._key)}") from None
+
+    def _upsert(self, row: dict[str, Any]) -> None:
+        (self._client.table(self.table)
+         .upsert(row, on_conflict=CONFLICT_KEY, returning="minimal").execute())
 
     def close(self) -> None:
         if self._client is not None:
@@ -91,7 +112,18 @@ def email_row(email: Email) -> dict[str, Any]:
              "size": a.get("size")}
             for a in email.attachments
         ],
+        # sql/008_answering.sql
+        "reply_to": [_text(a) for a in email.reply_to],
+        "in_reply_to": _text(email.in_reply_to),
+        "references": [_text(r) for r in email.references],
+        "list_id": _text(email.list_id),
+        "auto": email.auto,
+        "from_self": email.from_self,
     }
+
+
+def _without_answering(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in ANSWERING_COLUMNS}
 
 
 def _text(value: str | None) -> str | None:

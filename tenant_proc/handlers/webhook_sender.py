@@ -47,7 +47,7 @@ import orjson
 from tenant_proc.handlers.loader import HandlerContext, PermanentHandlerError
 from tenant_proc.http_clients.deadline import DeadlineClient, read_at_most
 from tenant_proc.loopback import is_loopback
-from tenant_proc.message import Email
+from tenant_proc.message import Email, answering_fields
 from tenant_proc.spec import Secret
 
 # A single POST sends no heartbeat: each attempt is also cut to the tenant's request bound
@@ -213,6 +213,7 @@ def webhook_document(email: Email, tenant: dict[str, Any], include_raw: bool,
         "size": email.size,
         "truncated": email.truncated,
         "redelivered": email.redelivered,
+        **answering_fields(email),
     }
     if include_raw:
         fits = len(email.raw) <= max_raw_bytes

@@ -23,6 +23,7 @@ from tenant_proc.mail.outcomes import LedgerOutcomes
 from tenant_proc.mail.processed_rows import HeldProcessedRow
 from tenant_proc.mail.uidvalidity import restart_point
 from tenant_proc.message import Envelope, parse_email
+from tenant_proc.message.classify import skipped_class
 from tenant_proc.process.control import Control
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store.api import DONE_STATUSES, Checkpoint, StateStore
@@ -242,6 +243,7 @@ class Mailbox(LedgerOutcomes):
             tenant_id=spec.id, folder=spec.folder, uid=uid, uidvalidity=uidvalidity,
             size=int(data.get(b"RFC822.SIZE", 0)), received_at=_epoch(data.get(b"INTERNALDATE")),
             detected_at=notice.wall, truncated=truncated, redelivered=redelivered,
+            own_addresses=spec.own_addresses(),
         )
         message_id: str | None = None
         try:
@@ -251,6 +253,9 @@ class Mailbox(LedgerOutcomes):
             message_id = email.message_id
             if self._already_handled(uid, message_id):
                 return self._duplicate(uid, message_id, notice)
+            kept_away = skipped_class(email.auto, email.from_self, spec.imap.skip)
+            if kept_away is not None and self._skipped(uid, message_id, kept_away, notice):
+                return True
             self.handler(email)
         except Exception as exc:
             return self._attempt_failed(uid, message_id, f"{type(exc).__name__}: {exc}", notice, "handler",

@@ -14,7 +14,7 @@ from tenant_proc.mail.notice import Notice
 from tenant_proc.mail.processed_rows import HeldProcessedRow
 from tenant_proc.process.control import Control
 from tenant_proc.spec import TenantSpec
-from tenant_proc.store.api import Checkpoint, StateStore
+from tenant_proc.store.api import Checkpoint, SchemaOutdated, StateStore
 
 
 class LedgerOutcomes:
@@ -72,6 +72,29 @@ class LedgerOutcomes:
         self.log.info("uid %d %s: already handled, recorded as duplicate", uid, message_id)
         self.control.send(protocol.processed(uid, self.checkpoint.uidvalidity, message_id, "duplicate",
                                              time.monotonic() - notice.mono))
+        return True
+
+    def _skipped(self, uid: int, message_id: str | None, skip_class: str, notice: Notice) -> bool:
+        """A class `[imap] skip` lists: recorded `skipped` with the class as its error, never
+        handed over; the checkpoint moves past it as past a handled email. False (hand it
+        over after all) when the Supabase ledger predates sql/008 and refuses the status:
+        an email handed over is better than one lost or a mailbox stuck on it."""
+        spec = self.spec
+        assert self.checkpoint is not None
+        try:
+            self.store.mark_done(spec.id, spec.folder, self.checkpoint.uidvalidity, uid, message_id,
+                                 "skipped", skip_class)
+        except SchemaOutdated as exc:
+            self.log.warning("uid %d is %s but cannot be recorded as skipped (%s): run "
+                             "sql/008_answering.sql; handing it over", uid, skip_class, exc)
+            return False
+        self._advance(uid, persist=False)
+        counters = self.control.counters
+        for name in ("skipped", f"skipped_{skip_class}"):
+            counters[name] = counters.get(name, 0) + 1
+        self.log.info("uid %d %s: skipped (%s)", uid, message_id, skip_class)
+        self.control.send(protocol.processed(uid, self.checkpoint.uidvalidity, message_id, "skipped",
+                                             time.monotonic() - notice.mono, skip_class))
         return True
 
     def _begin_attempt(self, uidvalidity: int, uid: int) -> tuple[str | None, int]:

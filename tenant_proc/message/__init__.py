@@ -5,7 +5,7 @@ live in the modules beside this one.
 """
 from __future__ import annotations
 
-from tenant_proc.message.model import Email, Envelope
+from tenant_proc.message.model import Email, Envelope, answering_fields
 from tenant_proc.message.parse import parse_email
 
-__all__ = ["Email", "Envelope", "parse_email"]
+__all__ = ["Email", "Envelope", "answering_fields", "parse_email"]

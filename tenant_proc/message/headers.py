@@ -1,22 +1,25 @@
 """Header fields as a person reads them, from bytes a stranger wrote; nothing here raises.
 
-Only the few fields handed over (Subject, Message-ID, From, To, Cc) that need decoding (an
-encoded word or 8-bit bytes) go through the stdlib's header registry, so they read exactly as
-`email.policy.default` shows them to a person (whitespace at folds, RFC 2231 language tags,
-groups); plain ASCII fields keep compat32's fast path. tests/mail/test_corpus.py holds both
-to that.
+Only the fields handed over that need decoding (an encoded word or 8-bit bytes) go through the
+stdlib's header registry, so they read exactly as `email.policy.default` shows them to a person
+(whitespace at folds, RFC 2231 language tags, groups, 8-bit bytes inside an encoded word read in
+that word's charset); plain ASCII fields keep compat32's fast path. tests/mail/test_corpus.py
+holds both to that. Where the two could differ on purpose: of repeated From or Subject fields
+the first counts (as every parser reads them), and an address whose display name is only
+whitespace is handed over without it.
 
 Every field is bounded (MAX_RAW_HEADER_CHARS in, MAX_HEADER_CHARS out, MAX_ADDRESSES per
 field): a 100 KB Message-ID is a stranger's choice, not something to carry around whole.
 """
 from __future__ import annotations
 
-import email.header
 import email.utils
 import re
 from datetime import datetime
 from email.headerregistry import HeaderRegistry
 from email.message import Message
+
+from tenant_proc.message.text import clean, decode_words, readable_outside_words
 
 # RFC 5322 lines stop at 998 characters; a real Subject or Message-ID is far below these.
 MAX_RAW_HEADER_CHARS = 16 * 1024  # what is parsed at all (the registry is not linear on junk)
@@ -33,7 +36,6 @@ TRUNCATED_MARK = "…"
 _STRUCTURED = HeaderRegistry()
 _LINE_BREAKS = re.compile(r"[\r\n]")
 _UNSTRUCTURED = HeaderRegistry(use_default_map=False)
-_ENCODED_WORD_CHARSET = re.compile(r"=\?([^?*\s]+)(?:\*[^?]*)?\?[bBqQ]\?")
 # Address lists both parsers read the same way: `a@b.c` or `Plain Name <a@b.c>`, comma
 # separated, no quotes, comments, groups or routes. Only these take compat32's getaddresses.
 _ADDR = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+"
@@ -44,37 +46,9 @@ _SIMPLE_ADDRESS = re.compile(rf"\s*(?:{_ADDR}|[A-Za-z0-9 .'-]*<{_ADDR}>)\s*")
 _NO_LOCAL_PART = re.compile(r"<\s*@|(?:^|[\s,:;])@")
 
 
-def _clean(text: str) -> str:
-    """Raw 8-bit header bytes arrive as surrogate escapes: read them as UTF-8 (what senders
-    almost always mean), with replacement characters for anything else."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def decode_words(value: str) -> str:
-    """RFC 2047 encoded words (=?utf-8?q?...?=) to text; never raises."""
-    if "=?" not in value:
-        return _clean(value)
-    try:
-        parts = []
-        for chunk, charset in email.header.decode_header(value):
-            if isinstance(chunk, bytes):
-                try:
-                    chunk = chunk.decode(charset or "ascii", "replace")
-                except LookupError:  # a charset Python does not know
-                    chunk = chunk.decode("utf-8", "replace")
-            parts.append(chunk)
-        return _clean("".join(parts))
-    except Exception:  # malformed encoded words: keep them as written
-        return _clean(value)
-
-
-def _raw_values(msg: Message, name: str) -> list[str]:
+def raw_values(msg: Message, name: str) -> list[str]:
     """Header values as written. raw_items() keeps 8-bit bytes as surrogate escapes (get()
-    would already have replaced them), so _clean() can still read them as UTF-8."""
+    would already have replaced them), so they can still be read as UTF-8 or their charset."""
     wanted = name.lower()
     try:
         return [v if isinstance(v, str) else str(v) for k, v in msg.raw_items() if k.lower() == wanted]
@@ -83,77 +57,73 @@ def _raw_values(msg: Message, name: str) -> list[str]:
 
 
 def header_text(msg: Message, name: str) -> str:
-    """One header as unfolded text (handlers want one line), as a person would read it."""
-    values = _raw_values(msg, name)
-    return _bounded(_unstructured(name, values[0])) if values else ""
+    """One header (the first of its name) as unfolded text (handlers want one line), as a
+    person would read it."""
+    values = raw_values(msg, name)
+    return bounded(_unstructured(name, values[0])) if values else ""
 
 
 def _unstructured(name: str, value: str) -> str:
-    value = _readable(value[:MAX_RAW_HEADER_CHARS])
+    value = readable_outside_words(value[:MAX_RAW_HEADER_CHARS])
     if "=?" in value or not value.isascii():
         try:
             # Unfolding removes CR and LF only (RFC 5322 2.2.3): the space after a fold stays,
             # and with it the space between "TEST" and an encoded word on the next line.
-            value = str(_UNSTRUCTURED(name, _LINE_BREAKS.sub("", value)))
-        except Exception:  # the registry's own bugs on junk: fall back to our decoder
+            value = clean(str(_UNSTRUCTURED(name, _LINE_BREAKS.sub("", value))))
+        except Exception:  # the registry's own bugs on junk (a word decoding to U+D800...)
             value = decode_words(value)
     return " ".join(value.split())
 
 
-def _readable(value: str) -> str:
-    """8-bit header bytes (surrogate escapes after a bytes parse) as characters: UTF-8 if they
-    are UTF-8 (RFC 6532), else the charset an encoded word beside them declares, else
-    replacement characters. Never raises."""
-    if value.isascii():
-        return value
-    raw = value.encode("utf-8", "surrogateescape")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    declared = _ENCODED_WORD_CHARSET.search(value)
-    if declared:
-        try:
-            return raw.decode(declared.group(1), "replace")
-        except (LookupError, ValueError):
-            pass
-    return raw.decode("utf-8", "replace")
-
-
-def _bounded(text: str) -> str:
+def bounded(text: str) -> str:
     return text if len(text) <= MAX_HEADER_CHARS else text[:MAX_HEADER_CHARS] + TRUNCATED_MARK
 
 
 def addresses(msg: Message, name: str) -> list[str]:
-    """Every address of every such field (several From fields: all of them), each bounded."""
-    result: list[str] = []
-    for value in _raw_values(msg, name):
+    """Every address of every such field, each as "Name <addr>" and bounded."""
+    return [text for text, _ in address_pairs(msg, name)]
+
+
+def address_pairs(msg: Message, name: str, first_field_only: bool = False) -> list[tuple[str, str]]:
+    """(as a person reads it, the bare address) for each address of the field(s)."""
+    result: list[tuple[str, str]] = []
+    values = raw_values(msg, name)
+    for value in values[:1] if first_field_only else values:
         result.extend(_field_addresses(name, value))
         if len(result) >= MAX_ADDRESSES:
             break
-    return [_bounded(a) for a in result[:MAX_ADDRESSES]]
+    return [(bounded(text), bounded(spec)) for text, spec in result[:MAX_ADDRESSES]]
 
 
-def _field_addresses(name: str, value: str) -> list[str]:
-    value = _readable(value[:MAX_RAW_HEADER_CHARS])
+def _field_addresses(name: str, value: str) -> list[tuple[str, str]]:
+    value = readable_outside_words(value[:MAX_RAW_HEADER_CHARS])
     if _NO_LOCAL_PART.search(value):
         # Every parser garbles these ("<>", or the display name taken for the local part):
         # hand the field over as written, decoded, which is what a person can still read.
         text = _unstructured(name, value)
-        return [text] if text else []
+        return [(text, "")] if text else []
     if len(value) <= MAX_STRUCTURED_CHARS and not all(
             _SIMPLE_ADDRESS.fullmatch(item) for item in value.split(",")):
         try:
             header = _STRUCTURED(name, _LINE_BREAKS.sub("", value))
-            return [_clean(str(a)) for a in header.addresses if a.addr_spec not in ("", "<>")]
+            return [(_registry_address(a), clean(a.addr_spec)) for a in header.addresses
+                    if a.addr_spec not in ("", "<>")]
         except Exception:  # the registry's own bugs on junk: the compat32 path below
             pass
     try:
         pairs = email.utils.getaddresses([value])
     except Exception:
         return []
-    return [_format_address(" ".join(decode_words(display).split()), _clean(address))
+    return [(_format_address(" ".join(decode_words(display).split()), clean(address)), clean(address))
             for display, address in pairs if address]
+
+
+def _registry_address(address: object) -> str:
+    """str() of a registry Address, whitespace runs as one space (as the subject), and no
+    display name that is only whitespace (`" " <a@b>` reads `a@b`, not `  <a@b>`)."""
+    if not str(getattr(address, "display_name", "") or "").strip():
+        return clean(str(getattr(address, "addr_spec", "")))
+    return " ".join(clean(str(address)).split())
 
 
 _SPECIALS = set('()<>@,:;."[]\\')

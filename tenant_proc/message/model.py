@@ -29,6 +29,14 @@ class Email:
     # A process died while handling this email, after the handler was called and before its
     # outcome was recorded: the handler may already have done its work. Make it idempotent.
     redelivered: bool = False
+    # What an answering service needs (issue 23): where the answer goes, the thread, and
+    # whether a person wrote it at all (message/classify.py).
+    reply_to: list[str] = field(default_factory=list)  # Reply-To addresses, as `to`
+    in_reply_to: str | None = None  # the first <message-id> of In-Reply-To, as written
+    references: list[str] = field(default_factory=list)  # References ids, in order (bounded)
+    list_id: str | None = None  # the List-Id header, decoded
+    auto: str | None = None  # bounce | auto_reply | auto_generated | list | bulk | None
+    from_self: bool = False  # the From address is one of this mailbox's own
 
 
 @dataclass(frozen=True)
@@ -44,3 +52,18 @@ class Envelope:
     detected_at: float
     truncated: bool = False
     redelivered: bool = False
+    # The mailbox's own addresses (username and the tenant's `addresses`), for from_self.
+    own_addresses: tuple[str, ...] = ()
+
+
+def answering_fields(email: Email) -> dict[str, Any]:
+    """The six fields an answering service needs, as every shipped handler hands them on (the
+    jsonl line, the webhook body and supabase_insert's columns use these names)."""
+    return {
+        "reply_to": list(email.reply_to),
+        "in_reply_to": email.in_reply_to,
+        "references": list(email.references),
+        "list_id": email.list_id,
+        "auto": email.auto,
+        "from_self": email.from_self,
+    }

@@ -47,7 +47,7 @@ class Control:
         self.shutdown_timeout = shutdown_timeout
         self.state = "starting"
         self.mode: str | None = None
-        self.counters = {"processed": 0, "failed": 0, "reconnects": 0, "logins": 0}
+        self.counters = {"processed": 0, "failed": 0, "reconnects": 0, "logins": 0, "skipped": 0}
         self.last_error: str | None = None
         self.last_server_byte: float | None = None  # monotonic
         self.stop_reason: str | None = None

@@ -18,8 +18,9 @@ Semantics the mailbox loop relies on:
   handled_message_id(tenant_id, message_id, since=None, not_uidvalidity=None) -> bool,
   last_handled_at(tenant_id, folder, uidvalidity) -> epoch | None (both backends), and
   save_reprocess_until / load_reprocess_until (SQLite: the reprocessing range survives a
-  restart; elsewhere it lives in the process). Done statuses also include "expunged" and
-  "duplicate".
+  restart; elsewhere it lives in the process). Done statuses also include "expunged",
+  "duplicate" and "skipped" (a class `[imap] skip` keeps from the handler; the class is the
+  row's error).
 - Text written to the ledger (Message-ID, error) goes through ledger_text(): NUL removed
   (PostgreSQL text cannot hold it, and a refused write after the handler ran used to hand the
   email over again about once a second), unpaired surrogates replaced, length bounded.
@@ -29,7 +30,8 @@ from __future__ import annotations
 from typing import NamedTuple, Protocol
 
 # A ledger row in one of these is finished: handed over (or given up on) once, never again.
-DONE_STATUSES = ("processed", "failed", "expunged", "duplicate")
+# The one list for Python; the Supabase ledger's is sql/008's idle_supervisor_done_statuses().
+DONE_STATUSES = ("processed", "failed", "expunged", "duplicate", "skipped")
 
 
 MAX_LEDGER_TEXT = 2000  # a Message-ID is ~60 characters; a handler's error text is cut here
@@ -65,7 +67,7 @@ class StateStore(Protocol):
         uidvalidity: int,
         uid: int,
         message_id: str | None,
-        status: str,  # "processed" | "failed"
+        status: str,  # one of DONE_STATUSES
         error: str | None = None,
     ) -> None: ...
 
@@ -87,6 +89,8 @@ class UnsafeStateFile(StoreError):
     """state_dir or a file in it is not safe to use (another account's directory, a symbolic
     link where a file belongs: tenant_proc/private_files.py). A config error: retrying cannot
     help until the operator fixes the directory."""
+class SchemaOutdated(StoreError):
+    """The database lacks a migration this call needs (Supabase: sql/003, sql/006, sql/008)."""
 
 
 class LeaseLost(StoreError):

@@ -40,7 +40,8 @@ class FailedEmail:
 
 
 class FailedLedger(Protocol):
-    def list_failed(self, tenant_id: str | None = None) -> list[FailedEmail]: ...
+    def list_failed(self, tenant_id: str | None = None, status: str = "failed") -> list[FailedEmail]:
+        """Rows in `status` (failed; or skipped, duplicate, expunged: `failed --status`)."""
 
     def mark_replay(self, tenant_id: str, uids: Sequence[int] | None) -> list[FailedEmail]:
         """Mark failed rows `replay` (uids None: all of the tenant's); returns those marked."""
@@ -63,13 +64,13 @@ class SqliteFailedLedger:
         self._store = store
         self._db = store._db
 
-    def list_failed(self, tenant_id: str | None = None) -> list[FailedEmail]:
+    def list_failed(self, tenant_id: str | None = None, status: str = "failed") -> list[FailedEmail]:
         sql = ("SELECT tenant_id, folder, uidvalidity, uid, message_id, attempts, error, updated_at "
-               "FROM ledger WHERE status = 'failed'")
-        params: tuple = ()
+               "FROM ledger WHERE status = ?")
+        params: tuple = (status,)
         if tenant_id is not None:
             sql += " AND tenant_id = ?"
-            params = (tenant_id,)
+            params = (status, tenant_id)
         rows = self._read(sql + f" ORDER BY tenant_id, updated_at, uid LIMIT {MAX_ROWS}", params)
         return [FailedEmail(*row[:7], failed_at=_iso_epoch(row[7])) for row in rows]
 
@@ -115,15 +116,15 @@ class SupabaseFailedLedger:
         self._store = store
         self._client = store._client
 
-    def list_failed(self, tenant_id: str | None = None) -> list[FailedEmail]:
+    def list_failed(self, tenant_id: str | None = None, status: str = "failed") -> list[FailedEmail]:
         def query() -> Any:
-            q = self._table().select(self.COLUMNS).eq("status", "failed")
+            q = self._table().select(self.COLUMNS).eq("status", status)
             if tenant_id is not None:
                 q = q.eq("company_id", tenant_id)
             return (q.order("company_id").order("processed_at").order("uid")
                     .limit(MAX_ROWS).execute().data)
 
-        rows = self._store._run("list failed emails", tenant_id or "*", query)
+        rows = self._store._run(f"list {status} emails", tenant_id or "*", query)
         return [FailedEmail(r["company_id"], r["folder"], int(r["uidvalidity"]), int(r["uid"]),
                             r.get("message_id"), int(r.get("attempts") or 0), r.get("error"),
                             _iso_text(r.get("processed_at"))) for r in rows]

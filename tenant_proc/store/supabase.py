@@ -30,7 +30,14 @@ from typing import Any, Callable
 
 from tenant_proc.http_clients.supabase import close_client, describe_error, make_client
 from tenant_proc.spec import StateSpec
-from tenant_proc.store.api import DONE_STATUSES, Checkpoint, LeaseLost, StoreError, ledger_text
+from tenant_proc.store.api import (
+    DONE_STATUSES,
+    Checkpoint,
+    LeaseLost,
+    SchemaOutdated,
+    StoreError,
+    ledger_text,
+)
 
 # The logger keeps the name it had before the store moved into a folder: operators filter on it.
 log = logging.getLogger("tenant_proc.store_supabase")
@@ -39,7 +46,8 @@ CHECKPOINTS = "imap_checkpoints"
 LEDGER = "processed_emails"
 LEDGER_KEY = "company_id,folder,uidvalidity,uid"
 CHECKPOINT_KEY = "company_id,folder"
-# sql/003 allows expunged (gone before the FETCH) and duplicate (Message-ID already handled).
+# sql/003 allows expunged (gone before the FETCH) and duplicate (Message-ID already handled),
+# sql/008 skipped (a class `[imap] skip` keeps from the handler).
 UNFINISHED_STATUSES = ("retrying", "handling")
 ATTEMPT_RETRIES = 5  # optimistic-concurrency rounds for the attempts counter
 
@@ -51,14 +59,10 @@ ATTEMPT_RETRIES = 5  # optimistic-concurrency rounds for the attempts counter
 # "hung" kill either: a request that runs out of time is a StoreError, the failure of that step
 # (the email stays unhandled or 'handling', the tenant reconnects and tries again).
 STORE_TIMEOUT = StateSpec().request_timeout
-LEASE_LOST_CODE = "PT409"
+LEASE_LOST_CODE = "PT409"  # the SQLSTATE the fence raises; PostgREST answers it as HTTP 409
 # No fenced_begin_attempt (PostgREST's PGRST202, PostgreSQL's 42883), or a status check without
-# 'handling' (23514): a database migrated before sql/003 and sql/006.
+# 'handling' (23514): a database migrated before sql/003 and sql/006 (or, for 'skipped', sql/008).
 OUTDATED_SCHEMA_CODES = frozenset({"PGRST202", "42883", "23514"})
-
-
-class SchemaOutdated(StoreError):
-    """The database lacks a migration this call needs (sql/003, sql/006)."""  # the SQLSTATE the fence raises; PostgREST answers it as HTTP 409
 
 
 class SupabaseStore:

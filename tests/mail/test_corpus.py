@@ -11,6 +11,12 @@ where policy.default shows something worse and we hand over more:
 Message-ID is compared with policy.default's unstructured reading: its msg-id parser cuts
 `<a@b@c>` at the second "@" (the stdlib's own `email.policy.default` with a registry that reads
 every field as unstructured, which is also how it reads any header it has no parser for).
+
+Issue 23's three kinds, each with real-world cases here (SOURCES.md): 8-bit bytes inside an
+encoded word read in the word's charset (policy.default's reading); of repeated From or
+Subject fields the first counts (`msg["from"]`, as policy.default reads them); an address whose
+display name is only whitespace is its addr_spec (policy.default shows `'  <a@b>'`; the empty
+name is dropped).
 """
 from __future__ import annotations
 
@@ -47,11 +53,13 @@ def same(reference: str, ours: str) -> bool:
 
 def reference_addresses(msg: email.message.Message, plain: email.message.Message, name: str) -> list[str]:
     result: list[str] = []
-    for header, text in zip(msg.get_all(name) or [], plain.get_all(name) or []):
+    fields = list(zip(msg.get_all(name) or [], plain.get_all(name) or []))
+    for header, text in fields[:1] if name == "from" else fields:
         if NO_LOCAL_PART.search(str(text)):
             result.append(norm(text))
         else:
-            result.extend(norm(a) for a in header.addresses if a.addr_spec not in ("", "<>"))
+            result.extend(norm(a if a.display_name.strip() else a.addr_spec)
+                          for a in header.addresses if a.addr_spec not in ("", "<>"))
     return result
 
 

@@ -126,7 +126,9 @@ def test_address_without_local_part_and_several_from_fields() -> None:
     assert email.to == ["Jörg <j@x.example>"]
     email = parse_email(_headers(b"From: =?utf-8?q?Anna_=C3=85berg?= <anna@x.example>",
                                  b"From: Bob <bob@y.example>"), ENV)
-    assert email.from_ == "Anna Åberg <anna@x.example>, Bob <bob@y.example>"
+    # Issue 23: of repeated From fields the first counts, as email.policy.default reads them
+    # (this test once asked for all of them joined).
+    assert email.from_ == "Anna Åberg <anna@x.example>"
 
 
 def test_fields_are_bounded() -> None:
