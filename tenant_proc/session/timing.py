@@ -23,7 +23,7 @@ def reconnect_delay(backoff: float, exc: BaseException, rng: random.Random | Non
         return asked * rng.uniform(1.0, 1.2)
     if busy is not None and busy > backoff:
         return busy * rng.uniform(1.0, 1.2)
-    return backoff * rng.uniform(0.8, 1.2)
+    return max(backoff * rng.uniform(0.8, 1.2), asked or 0.0)
 
 
 def busy_wait(previous: float | None, first: float) -> float:
