@@ -28,7 +28,8 @@ Scripted answers, as a provider gives them, for any command:
 
 Commands: "LOGIN" (LOGIN and AUTHENTICATE), "SELECT" (SELECT and EXAMINE), "FETCH" (a body
 FETCH, the survey's prefetch included; `uid` narrows it), "SURVEY" (`UID FETCH n:*
-(RFC822.SIZE)`), or any other command name ("IDLE", "LIST", "STATUS"). The answer is a tagged
+(RFC822.SIZE)`), "FETCH SIZES" (any other FETCH without a body), or any other command name
+("IDLE", "LIST", "STATUS"). The answer is a tagged
 "NO ..."/"BAD ..." or an untagged "* BYE ..." (the connection then closes); `bye` adds a BYE after
 a tagged answer, `close` closes without one. `times` uses (None: forever) and `seconds` from now
 (None: no end), whichever ends first; the first matching script wins. The command goes to the
@@ -238,7 +239,6 @@ class FaultLink(_Link):
         if rule.kind == "junk":
             return b"%%% this is not IMAP %%%\r\n" + response
         return response  # drop_body / drop_uid: the answer itself was edited on its way
-
 
     def _scripted(self, tag: bytes, rule: Rule) -> bytes:
         """A script's answer in place of the NOOP's; marks the link for closing when it ends it."""
