@@ -8,7 +8,7 @@ from imapclient.exceptions import IMAPClientError
 
 from tenant_proc.errors import ConnectionLost, FatalError
 from tenant_proc.imap.connect import SECURITY_LABELS, open_client
-from tenant_proc.signin.errors import raise_if_mailbox_refused
+from tenant_proc.signin.errors import MailboxNotConnected, not_connected, raise_if_mailbox_refused
 from tenant_proc.signin.login import MECHANISMS, login
 from tenant_proc.signin.login import token_source as signin_source
 from tenant_proc.spec import TenantSpec
@@ -50,7 +50,14 @@ def probe_tenant(spec: TenantSpec, timeout: float = 15.0) -> ProbeResult:
         try:
             status = client.folder_status(spec.folder, [b"UIDVALIDITY", b"UIDNEXT", b"MESSAGES"])
         except IMAPClientError as exc:
-            raise_if_mailbox_refused(spec, exc)
+            try:
+                raise_if_mailbox_refused(spec, exc)
+            except MailboxNotConnected:
+                # One look cannot tell passing from persistent: name the usual remedy (a running
+                # tenant waits for it to persist first, session/loop.py).
+                if spec.auth == "password":
+                    raise
+                raise not_connected(spec) from None
             raise
         return ProbeResult(
             True, label, idle=client.has_capability("IDLE"),

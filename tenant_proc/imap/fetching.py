@@ -6,12 +6,13 @@ connection in the middle of one. None of that may turn into an endless loop: a r
 names no more than one UID is that UID's failed attempt (the mailbox counts it and gives the
 email up after max_attempts); a refused batch is fetched again one UID at a time to find the
 one to blame; a broken connection during a batch makes the next catch-up fetch those UIDs one
-at a time, so the next breakage is attributable too.
+at a time, so the next breakage is attributable too. An answer that names the server's state
+(quota, incident, throttling; tenant_proc/errors.py) is nobody's attempt: it becomes ServerBusy,
+and the whole mailbox waits.
 """
 from __future__ import annotations
 
 import imaplib
-import re
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -20,11 +21,8 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from imapclient.response_parser import parse_fetch_response
 
-from tenant_proc.errors import suggested_backoff
+from tenant_proc.errors import ServerBusy, names_server_state, suggested_backoff
 
-# Server words for "not now" rather than "not this email": waiting helps, counting attempts
-# against the email would get it recorded failed for the server's trouble.
-BUSY_RE = re.compile(r"\[(THROTTLED|UNAVAILABLE|LIMIT|INUSE)\]|Request is throttled", re.IGNORECASE)
 # Bytes a header-only FETCH of an oversized email counts for in max_batch_bytes.
 HEADER_ESTIMATE = 64 * 1024
 BODY_ITEMS = ["BODY.PEEK[]", "INTERNALDATE", "RFC822.SIZE"]
@@ -34,12 +32,14 @@ HEADER_ITEMS = ["BODY.PEEK[HEADER]", "INTERNALDATE", "RFC822.SIZE"]
 class FetchBroken(Exception):
     """The connection is unusable after a FETCH of these UIDs (BYE, EOF, timeout, an answer
     imaplib could not even read). `partial` holds what earlier commands brought; the session
-    reconnects."""
+    reconnects. `busy`: the server ended it with a BYE naming its own state ("* BYE System
+    Error"), which is the connection's end and no email's attempt."""
 
-    def __init__(self, uids: list[int], cause: BaseException) -> None:
+    def __init__(self, uids: list[int], cause: BaseException, busy: str | None = None) -> None:
         super().__init__(f"FETCH of {_uid_list(uids)} broke the connection: {_one_line(cause)}")
         self.uids = uids
         self.partial = Fetched()
+        self.busy = busy
 
 
 @dataclass
@@ -55,8 +55,17 @@ def connection_broken(exc: BaseException) -> bool:
 
 def busy_delay(text: str) -> tuple[bool, float | None]:
     """(the server said "not now", how long it asked us to wait if it said)."""
-    asked = suggested_backoff(text)
-    return (asked is not None or BUSY_RE.search(text) is not None), asked
+    return names_server_state(text), suggested_backoff(text)
+
+
+def busy_bye(client: IMAPClient) -> str | None:
+    """The text of the BYE that ended the connection, when it names the server's state.
+
+    imaplib files an untagged BYE before it raises abort; an EOF or a garbled line leaves none,
+    and those stay attributable to the email being fetched."""
+    bye = client._imap.untagged_responses.get("BYE")
+    text = _one_line(bye[-1]) if bye else ""
+    return f"BYE {text}" if text and names_server_state(text) else None
 
 
 def fetch_bodies(
@@ -87,7 +96,7 @@ def _fetch_group(client: IMAPClient, uids: list[int], items: list[str], result: 
         return
     except Exception as exc:
         if connection_broken(exc) or not isinstance(exc, IMAPClientError):
-            raise FetchBroken(uids, exc) from None
+            raise FetchBroken(uids, exc, busy_bye(client)) from None
         error = _one_line(exc)
     client._imap.untagged_responses.pop("FETCH", None)  # a refused FETCH's leftovers
     busy, asked = busy_delay(error)
@@ -140,7 +149,8 @@ def survey(
 
     The prefetch is only an optimisation: if the server refuses it, or its answer cannot be
     parsed, the sizes are asked for again alone and the body FETCH that follows meets (and
-    counts) whatever is wrong with that email.
+    counts) whatever is wrong with that email. A refusal naming the server's state, from either
+    command, is ServerBusy (_answers).
     """
     imap = client._imap
     tags = [imap._command("UID", "FETCH", f"{last_uid + 1}:*", "(RFC822.SIZE)")]
@@ -150,7 +160,7 @@ def survey(
         ))
     if on_sent is not None:
         on_sent()
-    answers = [_complete(client, tag) for tag in tags]
+    answers = _answers(client, tags)
     sizes_typ, sizes_data = answers[0]
     if isinstance(sizes_typ, Exception):
         imap.untagged_responses.pop("FETCH", None)
@@ -177,6 +187,34 @@ def survey(
         early[last_uid + 1] = {b"BODY[]": head, b"INTERNALDATE": item.get(b"INTERNALDATE"),
                                b"RFC822.SIZE": sizes[last_uid + 1]}
     return sizes, early
+
+
+def _answers(client: IMAPClient, tags: list[str]) -> list[tuple[Any, Any]]:
+    """Each pipelined command's tagged answer; ServerBusy for the first that names the server's
+    state, wherever it came. Exchange throttles one command and then closes the connection
+    (`* BYE Connection closed. 14`) before it answers the next: the throttle, and the time it
+    asked for, must outlive that BYE, or the tenant is back a second later."""
+    answers: list[tuple[Any, Any]] = []
+    try:
+        for tag in tags:
+            answers.append(_complete(client, tag))
+    except imaplib.IMAP4.abort as exc:
+        busy = _first_busy(answers) or busy_bye(client)
+        if busy is not None:
+            raise ServerBusy(f"server busy fetching new mail: {busy} (then: {_one_line(str(exc))})") from None
+        raise
+    busy = _first_busy(answers)
+    if busy is not None:
+        client._imap.untagged_responses.pop("FETCH", None)
+        raise ServerBusy(f"server busy fetching new mail: {busy}")
+    return answers
+
+
+def _first_busy(answers: list[tuple[Any, Any]]) -> str | None:
+    for typ, _ in answers:
+        if isinstance(typ, Exception) and names_server_state(str(typ)):
+            return _one_line(str(typ))
+    return None
 
 
 def _complete(client: IMAPClient, tag: str) -> tuple[Any, Any]:

@@ -46,8 +46,9 @@ class Mailbox(LedgerOutcomes):
         self.checkpoint: Checkpoint | None = None
         self.retry_uid: int | None = None
         self.retry_at: float | None = None  # monotonic; None when nothing waits for a retry
-        # Bumped whenever the checkpoint moves or a catch-up finds nothing left to do: the
-        # session resets its reconnect backoff only after progress, not after a mere LOGIN.
+        # Bumped whenever the checkpoint moves (an email handled, given up, found expunged):
+        # the session resets its reconnect backoff only after progress, not after a mere LOGIN
+        # or a catch-up that found nothing (session/timing.py backoff_earned).
         self.progress = 0
         # A FETCH of several UIDs broke the connection: up to this UID, fetch one at a time so
         # the next breakage names its email (and counts as that email's attempt).
@@ -132,14 +133,12 @@ class Mailbox(LedgerOutcomes):
         uids = sorted(sizes)
         if not uids:
             self._clear_retry()
-            self.progress += 1
             return
         self.control.set_state("processing")
         for batch in batches(uids, sizes, imap.batch_size, imap.max_batch_bytes, imap.max_message_bytes):
             if not self._process_batch(client, batch, sizes, early, notice):
                 return
             early = {}
-        self.progress += 1
 
     def _process_batch(
         self, client: IMAPClient, batch: list[int], sizes: dict[int, int],
@@ -180,7 +179,7 @@ class Mailbox(LedgerOutcomes):
             elif broken is not None:
                 self._connection_broke(uid, broken, notice)
             elif fetched.busy is not None:
-                return self._server_busy(uid, *fetched.busy)
+                self._server_busy(uid, fetched.busy[0])
             else:
                 done = self._missing(client, uid, notice)
             if not done:
@@ -189,7 +188,10 @@ class Mailbox(LedgerOutcomes):
 
     def _connection_broke(self, uid: int, broken: FetchBroken, notice: Notice) -> NoReturn:
         """The first UID without an answer when the FETCH broke the connection: its attempt if
-        it was fetched alone, else fetch one at a time after the reconnect. Always raises."""
+        it was fetched alone, else fetch one at a time after the reconnect; nobody's attempt
+        when the server's BYE named its own state ("* BYE System Error"). Always raises."""
+        if broken.busy is not None:
+            self._server_busy(uid, broken.busy)
         if broken.uids == [uid]:  # the reconnect's backoff paces the next try, not retry_interval
             self._attempt_failed(uid, None, str(broken), notice, wait=False)
         else:

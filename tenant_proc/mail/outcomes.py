@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import NoReturn
 
 from ipc import protocol
+from tenant_proc.errors import ServerBusy
 from tenant_proc.mail.notice import Notice
 from tenant_proc.mail.processed_rows import HeldProcessedRow
 from tenant_proc.process.control import Control
@@ -33,14 +35,11 @@ class LedgerOutcomes:
     def _retry_pending(self, uid: int) -> bool:
         return self.retry_uid == uid and self.retry_at is not None and time.monotonic() < self.retry_at
 
-    def _server_busy(self, uid: int, error: str, asked: float | None) -> bool:
-        """Throttled or unavailable: not the email's fault, so no attempt is counted; wait what
-        the server asked (else retry_interval) and fetch it again."""
-        delay = asked if asked is not None else self.spec.imap.retry_interval
-        self.log.warning("server busy fetching uid %d: %s; fetching again in %.1fs", uid, error, delay)
-        self.control.last_error = f"server busy: {error}"[:200]
-        self.retry_uid, self.retry_at = uid, time.monotonic() + delay
-        return False
+    def _server_busy(self, uid: int, error: str) -> NoReturn:
+        """Quota, incident, throttling: the server refuses the mailbox, not this email. No
+        attempt is counted; the session drops the connection and the whole mailbox waits in
+        `backoff` (what the server asked, else a doubling wait), then fetches uid again."""
+        raise ServerBusy(f"server busy fetching uid {uid}: {error}"[:500])
 
     def _recorded(self, uid: int, message_id: str | None, latency: float) -> None:
         """The processed row is durable: move on and tell the parent."""

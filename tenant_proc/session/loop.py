@@ -6,6 +6,7 @@ in IDLE is the IdleLoop half (idle.py); when to try again, timing.py.
 """
 from __future__ import annotations
 
+import imaplib
 import logging
 import time
 from typing import Any
@@ -13,7 +14,8 @@ from typing import Any
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from tenant_proc.errors import ConnectionLost, FatalError
+from tenant_proc.errors import (ConnectionLost, FatalError, ServerBusy, names_server_state,
+                                suggested_backoff)
 from tenant_proc.imap.beating_io import beat_while_reading
 from tenant_proc.imap.connect import SECURITY_LABELS, open_client
 from tenant_proc.mail.mailbox import Mailbox
@@ -22,10 +24,12 @@ from tenant_proc.mail.uidvalidity import changed_on_server
 from tenant_proc.process.control import Control, StopRequested
 from tenant_proc.process.memory import return_free_memory
 from tenant_proc.session.idle import IdleLoop, announced_meanwhile
-from tenant_proc.session.timing import first_poll_at, next_poll_at, reconnect_delay
-from tenant_proc.signin.errors import raise_if_mailbox_refused
+from tenant_proc.session.timing import (backoff_earned, busy_wait, first_poll_at, next_poll_at,
+                                        reconnect_delay)
+from tenant_proc.signin.errors import MailboxNotConnected, not_connected, raise_if_mailbox_refused
 from tenant_proc.signin.login import login
 from tenant_proc.signin.login_budget import LoginBudget
+from tenant_proc.signin.refusals import NotConnectedStreak
 from tenant_proc.spec import TenantSpec
 from tenant_proc.store.api import LeaseLost, StoreError
 
@@ -46,10 +50,14 @@ class Session(IdleLoop):
         self.next_reconcile = 0.0
         self._done_at_last_rest = -1  # -1: the first rest, after connecting, trims too
         self.logins = LoginBudget(spec.imap.max_logins_per_hour)
+        self.not_connected = NotConnectedStreak()
+        self.serving_since: float | None = None  # monotonic: IDLE or polling began on this connection
 
     def run(self) -> None:
         """Serve until asked to stop (returns) or a FatalError (raised)."""
+        imap = self.spec.imap
         backoff = BACKOFF_START
+        busy: float | None = None  # the last wait for a server that refused the mailbox
         while True:
             progress = self.mailbox.progress
             try:
@@ -66,15 +74,25 @@ class Session(IdleLoop):
                 raise
             except RECONNECT_ERRORS as exc:
                 self._drop()
-                # Only a catch-up that got somewhere earns a fresh backoff: a server that lets
-                # us log in and then fails every session must not be re-entered once a second.
-                if self.mailbox.progress != progress:
-                    backoff = BACKOFF_START
+                # Only a session that got somewhere earns a fresh backoff: a server that lets
+                # us log in and then fails every session (right after an empty catch-up too)
+                # must not be re-entered once a second.
+                if backoff_earned(self.mailbox.progress != progress, self._served_for(), imap):
+                    backoff, busy = BACKOFF_START, None
+                # The mailbox refused for now (no email is charged): the time the server asked
+                # for, else a wait that doubles from retry_interval up to 15 minutes.
+                busy_delay = None
+                if isinstance(exc, ServerBusy) and suggested_backoff(str(exc)) is None:
+                    busy = busy_delay = busy_wait(busy, imap.retry_interval)
                 try:
-                    self._back_off(exc, reconnect_delay(backoff, exc))
+                    self._back_off(exc, reconnect_delay(backoff, exc, busy=busy_delay))
                 except StopRequested:
                     return
-                backoff = min(backoff * 2, self.spec.imap.reconnect_backoff_max)
+                backoff = min(backoff * 2, imap.reconnect_backoff_max)
+
+    def _served_for(self) -> float:
+        """Seconds this connection has been in IDLE or polling (0: it never got there)."""
+        return 0.0 if self.serving_since is None else time.monotonic() - self.serving_since
 
     def _back_off(self, exc: BaseException, delay: float) -> None:
         """BACKOFF -> CONNECTING after a jittered delay; a stop while waiting just returns."""
@@ -90,6 +108,7 @@ class Session(IdleLoop):
 
     def _connect(self) -> None:
         spec = self.spec
+        self.serving_since = None
         self._within_login_budget()
         self.control.set_state("connecting")
         self.client = client = open_client(spec, keepalive=self.control.heartbeat_if_due)
@@ -97,9 +116,17 @@ class Session(IdleLoop):
         self.control.server_spoke()
         self.log.info("connected to %s:%d (%s)", spec.host, spec.port, SECURITY_LABELS[spec.security])
         self.logins.spend()
-        login(client, spec)
-        self.control.counters["logins"] += 1
-        select_info = self._select(client)
+        try:
+            login(client, spec)
+            self.control.counters["logins"] += 1
+            select_info = self._select(client)
+        except MailboxNotConnected:
+            # Passing (a SaaS with many connections) or a missing permission: only an OAuth
+            # tenant has a remedy to name, and only once it persists (refusals.py).
+            if self.not_connected.refused() and spec.auth != "password":
+                raise not_connected(spec) from None
+            raise
+        self.not_connected.connected()
         self.control.last_error = None
         self.mailbox.sync_checkpoint(client, select_info)
 
@@ -120,7 +147,13 @@ class Session(IdleLoop):
         try:
             return client.select_folder(self.spec.folder, readonly=True)
         except IMAPClientError as exc:
-            raise_if_mailbox_refused(self.spec, exc)  # Exchange: token fine, no mailbox access
+            raise_if_mailbox_refused(self.spec, exc)  # Exchange: "authenticated but not connected"
+            # Busy, throttled, or the connection is gone: asking LIST now would only lose the
+            # server's words (Exchange closes right after a throttle).
+            if isinstance(exc, imaplib.IMAP4.abort):
+                raise
+            if names_server_state(str(exc)):
+                raise ConnectionLost(f"EXAMINE {self.spec.folder} refused: {' '.join(str(exc).split())}") from None
             if not client.folder_exists(self.spec.folder):
                 raise FatalError("config", f"folder {self.spec.folder!r} does not exist") from None
             raise
@@ -130,6 +163,7 @@ class Session(IdleLoop):
     def _serve(self) -> None:
         assert self.client is not None
         self._catch_up(Notice.now())
+        self.serving_since = time.monotonic()
         if self.client.has_capability("IDLE"):
             self.log.info("IDLE active")
             self._idle_loop()

@@ -106,6 +106,14 @@ def token_refused(spec: TenantSpec, server_text: str) -> FatalError:
                               + (f": {hint}" if hint else ""))
 
 
+class MailboxNotConnected(ConnectionLost):
+    """Exchange accepted the login, then answered `BAD User is authenticated but not connected.`
+    (on SELECT/EXAMINE or whatever command came next). Now and then it clears by itself (a SaaS
+    with many connections, php-imap#464); when it persists on an OAuth tenant, the app lacks the
+    mailbox permission or the service principal (imapflow#314, MailKit#1494): the session turns
+    it into not_connected() after NotConnectedStreak (refusals.py) says it persists."""
+
+
 def not_connected(spec: TenantSpec) -> FatalError:
     """Exchange's answer after a good token when the app may not open this mailbox."""
     return FatalError("auth", f"{who(spec)} sign-in failed: Exchange says '{NOT_CONNECTED}': the "
@@ -115,9 +123,12 @@ def not_connected(spec: TenantSpec) -> FatalError:
 
 
 def raise_if_mailbox_refused(spec: TenantSpec, exc: BaseException) -> None:
-    """Called with the error of the first command after an OAuth login (SELECT/EXAMINE)."""
-    if spec.auth != "password" and NOT_CONNECTED.lower() in str(exc).lower():
-        raise not_connected(spec) from None
+    """Called with the error of a command right after the login (SELECT/EXAMINE, STATUS, or the
+    login's own answer): MailboxNotConnected when it is Exchange's "not connected"."""
+    if NOT_CONNECTED.lower() in str(exc).lower():
+        raise MailboxNotConnected(f"{who(spec)}: {spec.host} says '{NOT_CONNECTED}.' after the "
+                                  "login (it passes by itself, or persists when the mailbox "
+                                  "permission is missing)") from None
 
 
 def _first_sentence(text: str) -> str:

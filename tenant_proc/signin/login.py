@@ -16,12 +16,12 @@ from typing import Callable, Iterable
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
-from tenant_proc.errors import ConnectionLost, FatalError, suggested_backoff
+from tenant_proc.errors import ConnectionLost, FatalError
+from tenant_proc.signin import errors
+from tenant_proc.signin.refusals import raise_if_transient
 from tenant_proc.spec import TenantSpec
 
 MECHANISMS = {"xoauth2": "XOAUTH2", "oauthbearer": "OAUTHBEARER"}
-# Gmail's free-text throttling, and the RFC 5530 code a busy auth backend sends.
-TRANSIENT_MARKERS = ("[UNAVAILABLE]", "[THROTTLED]")
 
 _sources: dict[str, object] = {}  # tenant id -> TokenSource, for this process
 _keepalive: Callable[[], None] = lambda: None
@@ -98,7 +98,8 @@ def password_login(client: IMAPClient, spec: TenantSpec) -> SignIn:
         else:
             client.login(username, password)
     except LoginError as exc:
-        _raise_if_transient(exc)
+        _raise_if_transient(client, exc)
+        errors.raise_if_mailbox_refused(spec, exc)  # Exchange: the password is fine, see refusals.py
         raise FatalError("auth", f"login failed for {spec.username} at {spec.host}:{spec.port}: "
                                  f"{_server_text(exc)}") from None
     return SignIn("PLAIN" if use_plain else "LOGIN")
@@ -107,8 +108,6 @@ def password_login(client: IMAPClient, spec: TenantSpec) -> SignIn:
 # -- OAuth ------------------------------------------------------------------------------------
 
 def oauth_login(client: IMAPClient, spec: TenantSpec) -> SignIn:
-    from tenant_proc.signin import errors
-
     mechanism = MECHANISMS[spec.auth]
     if not _offers(client, f"AUTH={mechanism}"):
         raise FatalError("config", f"{errors.who(spec)}: {spec.host}:{spec.port} does not offer "
@@ -119,7 +118,7 @@ def oauth_login(client: IMAPClient, spec: TenantSpec) -> SignIn:
     try:
         _authenticate(client, spec, mechanism, token)
     except LoginError as refused:
-        _raise_if_transient(refused)
+        _raise_if_transient(client, refused)
         errors.raise_if_mailbox_refused(spec, refused)  # a new token would not help either
         token = source.refetch()  # the server refused a token that looked valid: once more
         if token is None:
@@ -127,7 +126,7 @@ def oauth_login(client: IMAPClient, spec: TenantSpec) -> SignIn:
         try:
             _authenticate(client, spec, mechanism, token)
         except LoginError as again:
-            _raise_if_transient(again)
+            _raise_if_transient(client, again)
             raise errors.token_refused(spec, _server_text(again)) from None
     return SignIn(mechanism, max(0.0, token.left(source.clock())))
 
@@ -177,12 +176,14 @@ def _offers(client: IMAPClient, capability: str) -> bool:
         raise ConnectionLost(f"CAPABILITY failed: {_server_text(exc)}") from None
 
 
-def _raise_if_transient(exc: LoginError) -> None:
-    """The auth backend is down, or the server throttles us: not a bad credential, retry later
-    (a throttled login must not put the tenant in `failed` for 15 minutes)."""
-    text = str(exc)
-    if any(marker in text for marker in TRANSIENT_MARKERS) or suggested_backoff(text) is not None:
-        raise ConnectionLost(f"login temporarily unavailable: {_server_text(exc)}") from None
+def _raise_if_transient(client: IMAPClient, exc: LoginError) -> None:
+    """The auth backend is down, the server throttles us or is over its connection limit, the
+    login was cut short: not a bad credential, retry later (refusals.py). A BYE in the middle
+    of AUTHENTICATE surfaces as the EOF after it: its own words are in the untagged answers."""
+    imap = getattr(client, "_imap", None)
+    bye = imap.untagged_responses.get("BYE") if imap is not None else None
+    words = " ".join(bye[-1].decode("utf-8", "replace").split())[:200] if bye else ""
+    raise_if_transient(exc, f"BYE {words}" if words else _server_text(exc))
 
 
 def _server_text(exc: BaseException) -> str:

@@ -165,6 +165,8 @@ def test_logins_per_hour_stay_within_the_budget(dovecot, tmp_path, tenants):
 
 @integration
 def test_throttled_fetch_waits_as_asked_and_counts_no_attempt(dovecot, tmp_path, tenants):
+    """Each throttle puts the whole mailbox in backoff, off-line, for the time the server asked
+    (issue 21 item 3; tests/imap/test_provider_refusals.py has the providers' other answers)."""
     with FaultProxy((dovecot.host, dovecot.imap_port)) as proxy:
         proxied_tenant(dovecot, tmp_path, tenants, proxy)
         proxy.throttle_fetch(VICTIM, 1500, times=3)  # the prefetch, then two body FETCHes
@@ -172,8 +174,10 @@ def test_throttled_fetch_waits_as_asked_and_counts_no_attempt(dovecot, tmp_path,
         outcome = wait_done(tmp_path, [1, 2, 3])
         assert outcome[VICTIM][:2] == ("processed", 0)  # throttling is not the email's fault
         others_exactly_once(tmp_path, victim_handled=True)
-        assert proxy.logins == 1
-    print(f"\nthrottled FETCH: processed after the asked-for waits, {proxy.logins} login")
+        assert proxy.logins == 1 + 3  # one login after each throttle's wait
+        gaps = [b - a for a, b in zip(proxy.login_times[1:], proxy.login_times[2:])]
+        assert min(gaps) >= 1.5, gaps
+    print(f"\nthrottled FETCH: processed after the asked-for waits, {proxy.logins} logins")
 
 
 # ------------------------------------------------------------- 2. an answer without what was asked

@@ -187,9 +187,13 @@ def test_oauth_errors_become_one_line_naming_tenant_provider_and_the_fix(tmp_pat
     assert isinstance(revoked, FatalError) and "consent" in str(revoked)
     assert "unauthorized_client" in str(errors.oauth_error(spec, "unauthorized_client", None))
     assert isinstance(errors.oauth_error(spec, "temporarily_unavailable", "busy"), ConnectionLost)
-    with pytest.raises(FatalError, match="Add-MailboxPermission"):
+    # "Not connected" is a reconnect (it often passes, tests/signin/test_refusals.py); once it
+    # persists the session raises not_connected(), which names the remedy.
+    with pytest.raises(ConnectionLost, match="User is authenticated but not connected"):
         errors.raise_if_mailbox_refused(spec, Exception("select failed: User is authenticated but not connected."))
     errors.raise_if_mailbox_refused(spec, Exception("select failed: no such folder"))  # not this case
+    hint = errors.not_connected(spec)
+    assert isinstance(hint, FatalError) and hint.kind == "auth" and "Add-MailboxPermission" in str(hint)
 
 
 def test_scrub_removes_secrets_and_token_shaped_text() -> None:

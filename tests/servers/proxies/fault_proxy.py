@@ -14,8 +14,30 @@ misbehaves as servers in the field do, for a chosen UID.
 Rules apply to body FETCHes (`BODY.PEEK[...]`, the survey's prefetch included) whose UID set
 names the UID, `times` times (None: forever). A refused or garbled command is sent to the
 server as NOOP, so tagged answers keep their order in a pipeline. Answers are cut into whole
-responses (literals included) before any rule looks at them. Counters: `logins` (LOGIN
-commands seen), `fetches_hit` (commands a rule changed), `fetch_commands` (all FETCH lines).
+responses (literals included) before any rule looks at them.
+
+Scripted answers, as a provider gives them, for any command:
+
+        proxy.script("LOGIN", "NO [ALERT] Too many simultaneous connections. (Failure)", times=2)
+        proxy.script("SELECT", "BAD User is authenticated but not connected.")   # for good
+        proxy.script("FETCH", "NO [OVERQUOTA] Account exceeded command or bandwidth limits.",
+                     uid=2, seconds=3)                    # the body FETCH of UID 2, for 3 s
+        proxy.script("SURVEY", "NO Request is throttled. Suggested Backoff Time: 3000 milliseconds",
+                     bye="Connection closed. 14", times=1)  # then BYE, and the connection closes
+        proxy.script("IDLE", "* BYE System Error")        # an untagged BYE instead, then closed
+
+Commands: "LOGIN" (LOGIN and AUTHENTICATE), "SELECT" (SELECT and EXAMINE), "FETCH" (a body
+FETCH, the survey's prefetch included; `uid` narrows it), "SURVEY" (`UID FETCH n:*
+(RFC822.SIZE)`), "FETCH SIZES" (any other FETCH without a body), or any other command name
+("IDLE", "LIST", "STATUS"). The answer is a tagged
+"NO ..."/"BAD ..." or an untagged "* BYE ..." (the connection then closes); `bye` adds a BYE after
+a tagged answer, `close` closes without one. `times` uses (None: forever) and `seconds` from now
+(None: no end), whichever ends first; the first matching script wins. The command goes to the
+server as NOOP, so pipelined answers keep their order.
+
+Counters: `logins` (LOGIN and AUTHENTICATE commands seen) and `login_times` (their monotonic
+times), `fetches_hit` (commands a fetch rule changed), `scripts_hit` (commands a script
+answered), `fetch_commands` (all UID FETCH lines).
 """
 from __future__ import annotations
 
@@ -23,45 +45,17 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
+from tests.servers.proxies.fault_rules import FETCH_CMD, SCRIPT_ALIASES, Rule, script_name, uid_set_names
 from tests.servers.proxies.tcp_proxy import POLL, TcpProxy, _Link
 
+__all__ = ["FaultLink", "FaultProxy", "Rule", "uid_set_names"]
+
 LITERAL_END = re.compile(rb"\{(\d+)\}\r\n$")
-FETCH_CMD = re.compile(rb"^(\S+) UID FETCH (\S+) \((.*)\)$", re.IGNORECASE)
 SEARCH_CMD = re.compile(rb"^(\S+) UID SEARCH UID (\d+)$", re.IGNORECASE)
 FETCH_UID = re.compile(rb"^\* \d+ FETCH \(.*?\bUID (\d+)\b", re.DOTALL)
 BODY_ITEM = re.compile(rb" ?BODY\[[^\]]*\](?:<\d+>)? \{(\d+)\}\r\n")
-
-
-@dataclass
-class Rule:
-    kind: str  # refuse | throttle | garble | junk | drop_body | drop_uid | trickle
-    uid: int
-    times: int | None
-    answer: str = "NO"
-    backoff_ms: int = 0
-    expunged: bool = False
-    chunk: int = 200
-    delay: float = 0.1
-
-    def use(self) -> bool:
-        if self.times is not None:
-            if self.times <= 0:
-                return False
-            self.times -= 1
-        return True
-
-
-def uid_set_names(uid_set: bytes, uid: int) -> bool:
-    for part in uid_set.split(b","):
-        low, _, high = part.partition(b":")
-        if b"*" in part:
-            continue  # n:* is the size survey: never a body FETCH here
-        if int(low) <= uid <= int(high or low):
-            return True
-    return False
 
 
 class FaultLink(_Link):
@@ -75,6 +69,7 @@ class FaultLink(_Link):
         self.down_buffer = b""
         self.up_buffer = b""
         self.lock = threading.Lock()
+        self.closing = False  # a scripted answer ends the connection once it is sent
 
     def start(self) -> None:
         threading.Thread(target=self._up, daemon=True).start()
@@ -110,16 +105,22 @@ class FaultLink(_Link):
 
     def _command(self, line: bytes) -> bytes:
         proxy = self.fproxy
-        if b" LOGIN " in line.upper():
+        upper = line.upper()
+        if b" LOGIN " in upper or b" AUTHENTICATE " in upper:
             proxy.logins += 1
+            proxy.login_times.append(time.monotonic())
         match = FETCH_CMD.match(line)
+        if match is not None:
+            proxy.fetch_commands.append(line)
+        scripted = self._script(line, match)
+        if scripted is not None:
+            return scripted
         if match is None:
             search = SEARCH_CMD.match(line)
             rule = search and proxy.rule_for("drop_uid", int(search.group(2)), consume=False)
             if rule and rule.expunged:
                 return search.group(1) + b" UID SEARCH UID 4294967295"  # nothing has that UID
             return line
-        proxy.fetch_commands.append(line)
         tag, uid_set, items = match.groups()
         if b"BODY.PEEK[" not in items.upper():
             return line
@@ -141,6 +142,19 @@ class FaultLink(_Link):
             return line
         return line
 
+    def _script(self, line: bytes, fetch: re.Match[bytes] | None) -> bytes | None:
+        """The NOOP sent instead of a command a script answers (None: no script for it)."""
+        name = script_name(line, fetch)
+        if name is None:
+            return None
+        rule = self.fproxy.script_for(name, fetch.group(2) if fetch is not None else None)
+        if rule is None:
+            return None
+        tag = line.split(b" ", 1)[0]
+        with self.lock:
+            self.pending[tag] = rule
+        return tag + b" NOOP"
+
     def _down(self) -> None:
         self.upstream.settimeout(POLL)
         try:
@@ -153,6 +167,9 @@ class FaultLink(_Link):
                 self.down_buffer += data
                 for response in self._whole_responses():
                     self._send_down(response)
+                    if self.closing:
+                        self.close()
+                        return
         except OSError:
             pass
         self.close()
@@ -195,6 +212,8 @@ class FaultLink(_Link):
         for tag, rule in list(self.pending.items()):
             if response.startswith(tag + b" "):  # the tagged answer of a rewritten command
                 del self.pending[tag]
+                if rule.kind == "script":
+                    return self._scripted(tag, rule)
                 return self._tagged(tag, rule, response)
         uid_match = FETCH_UID.match(response)
         if uid_match is not None and b"BODY[" in response:
@@ -221,6 +240,17 @@ class FaultLink(_Link):
             return b"%%% this is not IMAP %%%\r\n" + response
         return response  # drop_body / drop_uid: the answer itself was edited on its way
 
+    def _scripted(self, tag: bytes, rule: Rule) -> bytes:
+        """A script's answer in place of the NOOP's; marks the link for closing when it ends it."""
+        if rule.answer.startswith("* "):
+            self.closing = True
+            return f"{rule.answer}\r\n".encode()
+        answer = tag + f" {rule.answer}\r\n".encode()
+        if rule.bye is not None:
+            answer += f"* BYE {rule.bye}\r\n".encode()
+        self.closing = rule.bye is not None or rule.close
+        return answer
+
 
 def _without_bodies(response: bytes) -> bytes:
     while True:
@@ -237,7 +267,9 @@ class FaultProxy(TcpProxy):
         super().__init__(upstream, host)
         self.rules: list[Rule] = []
         self.logins = 0
+        self.login_times: list[float] = []
         self.fetches_hit = 0
+        self.scripts_hit = 0
         self._rules_lock = threading.Lock()
 
     def rule_for(self, kind: str, uid: int | None, uid_set: bytes | None = None, consume: bool = True,
@@ -254,6 +286,20 @@ class FaultProxy(TcpProxy):
                     continue
                 if consume:
                     rule.use()
+                return rule
+        return None
+
+    def script_for(self, name: str, uid_set: bytes | None) -> Rule | None:
+        """The first live script for this command (and UID set, for a body FETCH), used once."""
+        with self._rules_lock:
+            for rule in self.rules:
+                if rule.kind != "script" or rule.command != name or not rule.live():
+                    continue
+                if rule.uid and (uid_set is None or not uid_set_names(uid_set, rule.uid)):
+                    continue
+                rule.use()
+                rule.fired.append(time.monotonic())
+                self.scripts_hit += 1
                 return rule
         return None
 
@@ -283,6 +329,15 @@ class FaultProxy(TcpProxy):
 
     def trickle_fetch(self, uid: int, chunk: int = 200, delay: float = 0.1, times: int | None = 1) -> Rule:
         return self._add(kind="trickle", uid=uid, times=times, chunk=chunk, delay=delay)
+
+    def script(self, command: str, answer: str, *, times: int | None = None, seconds: float | None = None,
+               uid: int = 0, bye: str | None = None, close: bool = False) -> Rule:
+        """Answer `command` as a provider does (module docstring): a tagged "NO ..."/"BAD ..."
+        or an untagged "* BYE ...", `times` times and/or for `seconds`."""
+        name = SCRIPT_ALIASES.get(command.upper(), command.upper())
+        until = None if seconds is None else time.monotonic() + seconds
+        return self._add(kind="script", uid=uid, times=times, answer=answer, command=name, bye=bye,
+                         close=close, until=until)
 
     def clear(self) -> None:
         with self._rules_lock:
