@@ -87,6 +87,10 @@ class ImapSettings:
     # Seconds: an email whose Message-ID this tenant already handled this recently is recorded
     # `duplicate` and not handed over (Outlook add-ins re-upload mail under a new UID). 0 = off.
     dedupe_window: float = 0.0
+    # Seconds a UID the server lists (UID SEARCH) but never returns in a FETCH (Exchange does
+    # this, for minutes or for good) is asked for again before it is recorded `failed`. Later
+    # mail is handed over meanwhile (tenant_proc/mail/missing.py).
+    missing_uid_timeout: float = 3600.0
 
 
 @dataclass(frozen=True)

@@ -80,18 +80,22 @@ class Replayer:
             if fetched.busy is not None:  # the server said "not now": the next round, later
                 again = True
                 break
+            unserved = []
             for uid in batch:
                 self.control.check()
                 data: Any = fetched.messages.get(uid)
                 if uid in fetched.refused:
                     done = mailbox._attempt_failed(uid, None, fetched.refused[uid], notice)
                 elif data is None:
-                    self._gone(uid)
+                    unserved.append(uid)
                     continue
                 else:
                     done = mailbox._handle(uid, data, notice, truncated=sizes[uid] > limit)
                 if not done:
                     again = True  # it failed again, attempts remain: later
+            # Not returned: the same rule as new mail (missing.py): expunged if UID SEARCH no
+            # longer lists it, else recorded and asked for again at every catch-up.
+            self._not_served(client, unserved, notice)
         # The mailbox's retry bookkeeping is for the UID above the checkpoint; a failed replay
         # set it for its own UID. Put it back, and come back after retry_interval.
         mailbox.retry_uid, mailbox.retry_at = saved_retry
@@ -100,12 +104,11 @@ class Replayer:
             if mailbox.retry_uid is None:
                 mailbox.retry_at = time.monotonic() + mailbox.spec.imap.retry_interval
 
-    def _gone(self, uid: int) -> None:
-        spec, checkpoint = self.mailbox.spec, self.mailbox.checkpoint
-        assert checkpoint is not None
-        self.log.warning("uid %d was marked for retry but is no longer in %s", uid, spec.folder)
-        self.mailbox.store.mark_done(spec.id, spec.folder, checkpoint.uidvalidity, uid, None,
-                                     "failed", "no longer in the mailbox when replayed")
+    def _not_served(self, client: IMAPClient, uids: list[int], notice: Notice) -> None:
+        if uids:
+            self.log.warning("uid %s: marked for retry, but the server did not return it",
+                             ", ".join(map(str, uids)))
+        self.mailbox.missing.settle(client, uids, notice)
 
     def _count_failed(self) -> None:
         spec = self.mailbox.spec

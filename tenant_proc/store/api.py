@@ -20,13 +20,19 @@ Semantics the mailbox loop relies on:
   save_reprocess_until / load_reprocess_until (SQLite: the reprocessing range survives a
   restart; elsewhere it lives in the process). Done statuses also include "expunged" and
   "duplicate".
+- UIDs the server lists (UID SEARCH) but does not return in a FETCH (tenant_proc/mail/missing.py):
+  record_missing(tenant_id, folder, uidvalidity, uids, seen_at) inserts or ignores (a UID keeps
+  its first seen time, an epoch), missing_uids(tenant_id, folder, uidvalidity) -> {uid: first
+  seen}, forget_missing(...) drops UIDs that got a done ledger row. Written before the checkpoint
+  moves past such a UID: the record is what lets it move. Both backends (SQLite: table
+  missing_uids; Supabase: sql/009_missing_uids.sql; store/missing_uids.py).
 - Text written to the ledger (Message-ID, error) goes through ledger_text(): NUL removed
   (PostgreSQL text cannot hold it, and a refused write after the handler ran used to hand the
   email over again about once a second), unpaired surrogates replaced, length bounded.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, Sequence
 
 # A ledger row in one of these is finished: handed over (or given up on) once, never again.
 DONE_STATUSES = ("processed", "failed", "expunged", "duplicate")
@@ -76,6 +82,13 @@ class StateStore(Protocol):
 
     def is_done(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> bool: ...
 
+    def record_missing(self, tenant_id: str, folder: str, uidvalidity: int, uids: Sequence[int],
+                       seen_at: float) -> None: ...
+
+    def missing_uids(self, tenant_id: str, folder: str, uidvalidity: int) -> dict[int, float]: ...
+
+    def forget_missing(self, tenant_id: str, folder: str, uidvalidity: int, uids: Sequence[int]) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -86,3 +99,7 @@ class StoreError(RuntimeError):
 class LeaseLost(StoreError):
     """[cluster]: the database refused a write because another instance now holds this company
     (a newer fencing token) or the lease expired. Retrying cannot help: the tenant exits."""
+
+
+class SchemaOutdated(StoreError):
+    """The database lacks a migration this call needs (Supabase: sql/003, sql/006, sql/009)."""

@@ -29,7 +29,9 @@ from typing import Any, Callable
 
 from tenant_proc.http_clients.supabase import close_client, describe_error, make_client
 from tenant_proc.spec import StateSpec
-from tenant_proc.store.api import DONE_STATUSES, Checkpoint, LeaseLost, StoreError, ledger_text
+from tenant_proc.store.api import (DONE_STATUSES, Checkpoint, LeaseLost, SchemaOutdated, StoreError,
+                                   ledger_text)
+from tenant_proc.store.missing_uids import SupabaseMissingUids
 
 # The logger keeps the name it had before the store moved into a folder: operators filter on it.
 log = logging.getLogger("tenant_proc.store_supabase")
@@ -52,15 +54,13 @@ ATTEMPT_RETRIES = 5  # optimistic-concurrency rounds for the attempts counter
 STORE_TIMEOUT = StateSpec().request_timeout
 LEASE_LOST_CODE = "PT409"
 # No fenced_begin_attempt (PostgREST's PGRST202, PostgreSQL's 42883), or a status check without
-# 'handling' (23514): a database migrated before sql/003 and sql/006.
-OUTDATED_SCHEMA_CODES = frozenset({"PGRST202", "42883", "23514"})
+# 'handling' (23514): a database migrated before sql/003 and sql/006. No table missing_uids
+# (PostgREST's PGRST205, PostgreSQL's 42P01): before sql/009.
+OUTDATED_SCHEMA_CODES = frozenset({"PGRST202", "42883", "23514", "PGRST205", "42P01"})
 
 
-class SchemaOutdated(StoreError):
-    """The database lacks a migration this call needs (sql/003, sql/006)."""  # the SQLSTATE the fence raises; PostgREST answers it as HTTP 409
 
-
-class SupabaseStore:
+class SupabaseStore(SupabaseMissingUids):
     def __init__(self, url: str, key: str, timeout: float = STORE_TIMEOUT,
                  fencing_token: int | None = None,
                  keepalive: Callable[[], None] | None = None) -> None:
