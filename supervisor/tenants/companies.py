@@ -26,7 +26,7 @@ COLUMNS = {
     "imap_folder": "folder",
     "imap_auth": "auth",  # sql/004_oauth.sql
     "webhook_url": "webhook_url",  # sql/005_webhook.sql
-    "dedupe_window": "dedupe_window",  # sql/007_tenant_dedupe.sql (absent before it: the [imap] value)
+    "dedupe_window": "dedupe_window",  # sql/007_tenant_dedupe.sql (absent or NULL: the [imap] value, 7 days)
 }
 # sql/004_oauth.sql: the secret columns of an OAuth company -> keys of its [tenant.oauth] table
 # (the jsonb column `oauth` holds the others).
