@@ -7,7 +7,7 @@
         proxy.reveal_uid(2)                           # served again
         proxy.exists_before_continuation("alice")    # new mail announced before `+ IDLE accepted`
 
-Manners (what every connection gets), from what the providers send (docs/DESIGN-NOTES §6,
+Manners (what every connection gets), from what the providers send (the design notes §6,
 issue 21):
 - the greeting, and CAPABILITY exactly as the provider lists it: Exchange
   `IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS MOVE ID UNSELECT CHILDREN IDLE
