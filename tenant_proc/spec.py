@@ -89,8 +89,15 @@ class ImapSettings:
     # Message-IDs already handled; "skip_to_new" starts at the new UIDNEXT (nothing old).
     on_uidvalidity_change: OnUidvalidityChange = "reprocess_since_last"
     # Seconds: an email whose Message-ID this tenant already handled this recently is recorded
-    # `duplicate` and not handed over (Outlook add-ins re-upload mail under a new UID). 0 = off.
-    dedupe_window: float = 0.0
+    # `duplicate` and not handed over (Outlook add-ins re-upload mail under a new UID; Gmail
+    # gives a message a new UID when a label comes back; a user drags mail out and back). On by
+    # default, 7 days: answering the same email twice is the worst outcome after losing one.
+    # Mail without a Message-ID is never deduplicated. 0 = off.
+    dedupe_window: float = 7 * 24 * 3600.0
+    # Seconds a UID the server lists (UID SEARCH) but never returns in a FETCH (Exchange does
+    # this, for minutes or for good) is asked for again before it is recorded `failed`. Later
+    # mail is handed over meanwhile (tenant_proc/mail/missing.py).
+    missing_uid_timeout: float = 3600.0
     # Classes of mail (SKIP_CLASSES) never handed to the handler: recorded `skipped` with their
     # class instead. Empty by default: every email goes over, with its `auto` and `from_self`.
     skip: tuple[str, ...] = ()

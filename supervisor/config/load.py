@@ -111,6 +111,8 @@ def _validate_imap(s: ImapSettings) -> None:
         raise ConfigError(f"[imap] on_uidvalidity_change must be one of {', '.join(UIDVALIDITY_MODES)}")
     if s.max_batch_bytes < 1:
         raise ConfigError("[imap] max_batch_bytes must be at least 1")
+    if s.missing_uid_timeout <= 0:
+        raise ConfigError("[imap] missing_uid_timeout must be above 0")
 
 
 SUPABASE_HANDLER = "tenant_proc.handlers:supabase_insert"

@@ -27,7 +27,7 @@ COLUMNS = {
     "imap_folder": "folder",
     "imap_auth": "auth",  # sql/004_oauth.sql
     "webhook_url": "webhook_url",  # sql/005_webhook.sql
-    "dedupe_window": "dedupe_window",  # sql/007_tenant_dedupe.sql (absent before it: the [imap] value)
+    "dedupe_window": "dedupe_window",  # sql/007_tenant_dedupe.sql (absent or NULL: the [imap] value, 7 days)
     "addresses": "addresses",  # sql/008_answering.sql: the mailbox's other addresses (text[])
     "skip": "skip",  # sql/008_answering.sql: classes kept from the handler (text[]; NULL: [imap] skip)
 }

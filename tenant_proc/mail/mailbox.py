@@ -18,6 +18,8 @@ from ipc import protocol
 from tenant_proc.errors import ConnectionLost
 from tenant_proc.handlers.loader import LoadedHandler, PermanentHandlerError
 from tenant_proc.imap.fetching import FetchBroken, batches, connection_broken, fetch_bodies, survey
+from tenant_proc.imap.searching import discard_uid_search, read_uid_search, send_uid_search
+from tenant_proc.mail.missing import MissingUids
 from tenant_proc.mail.notice import Notice
 from tenant_proc.mail.outcomes import LedgerOutcomes
 from tenant_proc.mail.processed_rows import HeldProcessedRow
@@ -57,6 +59,8 @@ class Mailbox(LedgerOutcomes):
         # Message-ID (uidvalidity.py). Stored where the backend can, else for this process.
         self.dedupe_until: int | None = None
         self.replay: Any = None  # tenant_proc.mail.replay.Replayer: runs after every catch-up
+        # UIDs the server lists but did not return: recorded, asked for again at every catch-up.
+        self.missing = MissingUids(self, log)
         # The processed row of the last email handled, until the next "handling" mark.
         self.held_row = HeldProcessedRow(store, spec.id, spec.folder, self._recorded)
 
@@ -72,6 +76,7 @@ class Mailbox(LedgerOutcomes):
             load = getattr(self.store, "load_reprocess_until", None)
             if load is not None:
                 self.dedupe_until = load(spec.id, spec.folder, uidvalidity)
+            self.missing.load(uidvalidity)
             return saved
         uidnext = _uidnext(client, spec.folder, select_info)
         self.dedupe_until = None
@@ -87,6 +92,7 @@ class Mailbox(LedgerOutcomes):
         self.store.save_checkpoint(spec.id, spec.folder, self.checkpoint)
         self._clear_retry()
         self.fetch_singly_until = 0
+        self.missing.load(uidvalidity)
         return self.checkpoint
 
     def _first_start(self, client: IMAPClient, uidnext: int) -> int:
@@ -109,6 +115,7 @@ class Mailbox(LedgerOutcomes):
         session uses it to read the end of an IDLE whose DONE went out just before.
         """
         self._catch_up_new(client, notice, on_sent)
+        self.missing.chase(client, notice)  # UIDs the server listed earlier but did not return
         if self.replay is not None:  # emails an operator marked for another round
             self.replay.run(client, notice)
 
@@ -124,21 +131,30 @@ class Mailbox(LedgerOutcomes):
         last = self.checkpoint.last_uid
         if last + 1 <= self.fetch_singly_until:
             prefetch = 0  # the last survey broke the connection: the prefetch may be why
+        # What the server lists, to hold against what the FETCH returns (imap/searching.py):
+        # sent first, so the server runs it first; same round trip.
+        search = send_uid_search(client, f"{last + 1}:*")
         try:
             sizes, early = survey(client, last, prefetch, on_sent)
+            listed = read_uid_search(client, search)
         except Exception as exc:
+            discard_uid_search(client, search)
             if connection_broken(exc):
                 self.fetch_singly_until = max(self.fetch_singly_until, last + 1)
             raise
+        # Recorded before anything moves the checkpoint past them (missing.py).
+        hidden_top = self.missing.noticed(client, listed, sizes, last)
         uids = sorted(sizes)
         if not uids:
             self._clear_retry()
-            return
-        self.control.set_state("processing")
+        else:
+            self.control.set_state("processing")
         for batch in batches(uids, sizes, imap.batch_size, imap.max_batch_bytes, imap.max_message_bytes):
             if not self._process_batch(client, batch, sizes, early, notice):
                 return
             early = {}
+        if hidden_top is not None:  # everything below it is done; it is recorded: move past it
+            self._advance(hidden_top)
 
     def _process_batch(
         self, client: IMAPClient, batch: list[int], sizes: dict[int, int],
@@ -199,18 +215,18 @@ class Mailbox(LedgerOutcomes):
         raise ConnectionLost(str(broken))
 
     def _missing(self, client: IMAPClient, uid: int, notice: Notice) -> bool:
-        """The FETCH answer left this UID out: expunged meanwhile, or the server misbehaves."""
+        """The FETCH answer left this UID out: expunged meanwhile, or the server (Exchange) lists
+        it but does not serve it: then it is recorded and the mailbox moves on (missing.py)."""
         try:
             still_there = uid in client.search(["UID", str(uid)])
         except Exception as exc:
             if connection_broken(exc):
                 raise
-            still_there, why = True, f"; UID SEARCH failed: {exc}"
-        else:
-            why = ""
+            still_there = True  # cannot confirm it is gone: keep asking for it
         if still_there:
-            return self._attempt_failed(
-                uid, None, f"the server answered the FETCH without this UID{why}"[:500], notice)
+            self.missing.record([uid])
+            self._advance(uid)
+            return True
         spec = self.spec
         assert self.checkpoint is not None
         self.store.mark_done(spec.id, spec.folder, self.checkpoint.uidvalidity, uid, None, "expunged")

@@ -16,7 +16,7 @@ from tenant_proc.mail.notice import Notice
 from tenant_proc.mail.processed_rows import HeldProcessedRow
 from tenant_proc.process.control import Control
 from tenant_proc.spec import TenantSpec
-from tenant_proc.store.api import Checkpoint, SchemaOutdated, StateStore
+from tenant_proc.store.api import Checkpoint, SchemaOutdated, StateStore, ledger_text
 
 
 class LedgerOutcomes:
@@ -52,9 +52,12 @@ class LedgerOutcomes:
 
     def _already_handled(self, uid: int, message_id: str | None) -> bool:
         """Message-ID deduplication: within [imap] dedupe_window, and for the UIDs a
-        UIDVALIDITY change renumbered (against what the old UIDVALIDITY handled)."""
+        UIDVALIDITY change renumbered (against what the old UIDVALIDITY handled). Mail without
+        a Message-ID (or with an empty `<>`, which some mailers put on everything) is never a
+        duplicate. Looked up as the ledger stores it (ledger_text: no NUL, bounded length)."""
         lookup = getattr(self.store, "handled_message_id", None)
-        if not message_id or lookup is None:
+        message_id = ledger_text(message_id)
+        if lookup is None or not message_id or not message_id.strip("<> \t"):
             return False
         assert self.checkpoint is not None
         window = self.spec.imap.dedupe_window

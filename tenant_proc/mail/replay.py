@@ -116,21 +116,24 @@ class Replayer:
                                        singly=self.singly)
             except FetchBroken as exc:
                 self._connection_broke(exc, notice)
-            if fetched.busy is not None:  # the server said "not now": the next round, later
-                again = True
-                break
+            if fetched.busy is not None:  # quota, incident, throttling: the whole mailbox waits
+                mailbox._server_busy(batch[0], fetched.busy[0])  # raises; the replay stays pending
+            unserved = []
             for uid in batch:
                 self.control.check()
                 data: Any = fetched.messages.get(uid)
                 if uid in fetched.refused:
                     done = mailbox._attempt_failed(uid, None, fetched.refused[uid], notice)
                 elif data is None:
-                    self._gone(uid)
+                    unserved.append(uid)
                     continue
                 else:
                     done = mailbox._handle(uid, data, notice, truncated=sizes[uid] > limit)
                 if not done:
                     again = True  # it failed again, attempts remain: later
+            # Not returned: the same rule as new mail (missing.py): expunged if UID SEARCH no
+            # longer lists it, else recorded and asked for again at every catch-up.
+            self._not_served(client, unserved, notice)
         self.singly = False
         return again
 
@@ -138,18 +141,19 @@ class Replayer:
         """As Mailbox._connection_broke: a FETCH of one UID that broke the connection is that
         email's attempt (the reconnect's backoff paces the next, not retry_interval); after a
         FETCH of several, the next round fetches one at a time. Always raises."""
+        if broken.busy is not None:  # "* BYE System Error": the server's state, nobody's attempt
+            self.mailbox._server_busy(broken.uids[0], broken.busy)
         if len(broken.uids) == 1:
             self.mailbox._attempt_failed(broken.uids[0], None, str(broken), notice, wait=False)
         else:
             self.singly = True
         raise ConnectionLost(str(broken))
 
-    def _gone(self, uid: int) -> None:
-        spec, checkpoint = self.mailbox.spec, self.mailbox.checkpoint
-        assert checkpoint is not None
-        self.log.warning("uid %d was marked for retry but is no longer in %s", uid, spec.folder)
-        self.mailbox.store.mark_done(spec.id, spec.folder, checkpoint.uidvalidity, uid, None,
-                                     "failed", "no longer in the mailbox when replayed")
+    def _not_served(self, client: IMAPClient, uids: list[int], notice: Notice) -> None:
+        if uids:
+            self.log.warning("uid %s: marked for retry, but the server did not return it",
+                             ", ".join(map(str, uids)))
+        self.mailbox.missing.settle(client, uids, notice)
 
     def _count_failed(self) -> None:
         spec = self.mailbox.spec

@@ -3,7 +3,7 @@
 Only the fields handed over that need decoding (an encoded word or 8-bit bytes) go through the
 stdlib's header registry, so they read exactly as `email.policy.default` shows them to a person
 (whitespace at folds, RFC 2231 language tags, groups, 8-bit bytes inside an encoded word read in
-that word's charset); plain ASCII fields keep compat32's fast path. tests/mail/test_corpus.py
+that word's charset); plain ASCII fields keep compat32's fast path. tests/message/test_corpus.py
 holds both to that. Where the two could differ on purpose: of repeated From or Subject fields
 the first counts (as every parser reads them), and an address whose display name is only
 whitespace is handed over without it.

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
 from imapclient.imapclient import _parse_untagged_response
 
 from ipc.poll import readable_fds
@@ -30,6 +31,9 @@ PROBE_TIMEOUT = 15.0  # a live server answers DONE in milliseconds
 # (five round trips and a survey instead of one read) every 2 minutes (bench/idle_cost.py).
 DEAD_AFTER_SLACK = 0.05
 NEW_MAIL = (b"EXISTS", b"RECENT")
+# Untagged lines a server may send between IDLE and its continuation (Exchange: `* n EXISTS`
+# before `+ IDLE accepted`); more than this and it is not answering IDLE at all.
+MAX_LINES_BEFORE_CONTINUATION = 1000
 
 
 class IdleLoop:
@@ -55,7 +59,7 @@ class IdleLoop:
         """IDLE until there is a reason to leave it; returns (reason, when mail was noticed)."""
         client = self.client
         assert client is not None
-        client.idle()
+        start_idle(client)
         self.idling = True
         started = time.monotonic()
         self.control.set_state("idle", mode="idle")
@@ -152,6 +156,38 @@ class IdleLoop:
                 raise ConnectionLost(f"server said BYE: {response[1].decode('utf-8', 'replace')}")
             responses.append(response)
         return responses
+
+
+def start_idle(client: IMAPClient) -> None:
+    """IDLE, up to the server's continuation; untagged data before it is filed as any other.
+
+    imapclient's idle() raises "Unexpected IDLE response" on anything but the continuation, but
+    Outlook/Exchange may announce new mail first (`* 3 EXISTS` then `+ IDLE accepted, awaiting
+    DONE command.`, php-imap#258): every IDLE that met new mail cost a reconnect. imaplib files
+    such lines in untagged_responses, where announced_meanwhile() finds the EXISTS: new mail to
+    catch up, on the same connection.
+    """
+    imap = client._imap
+    tag = client._idle_tag = imap._command("IDLE")
+    for _ in range(MAX_LINES_BEFORE_CONTINUATION):
+        if imap._get_response() is None:  # imaplib's sign of the continuation
+            return
+        answer = imap.tagged_commands.get(tag)
+        if answer is not None:  # refused (NO/BAD), no IDLE to wait in
+            imap.tagged_commands.pop(tag, None)
+            raise IMAPClientError(f"IDLE refused: {_words(answer)}")
+        bye = imap.untagged_responses.get("BYE")
+        if bye:
+            raise ConnectionLost(f"server said BYE: {_words(bye)}")
+    raise ConnectionLost(f"no IDLE continuation after {MAX_LINES_BEFORE_CONTINUATION} lines")
+
+
+def _words(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return " ".join(_words(v) for v in value if v is not None)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 def _line_waiting(client: IMAPClient) -> bool:

@@ -21,13 +21,19 @@ Semantics the mailbox loop relies on:
   restart; elsewhere it lives in the process). Done statuses also include "expunged",
   "duplicate" and "skipped" (a class `[imap] skip` keeps from the handler; the class is the
   row's error).
+- UIDs the server lists (UID SEARCH) but does not return in a FETCH (tenant_proc/mail/missing.py):
+  record_missing(tenant_id, folder, uidvalidity, uids, seen_at) inserts or ignores (a UID keeps
+  its first seen time, an epoch), missing_uids(tenant_id, folder, uidvalidity) -> {uid: first
+  seen}, forget_missing(...) drops UIDs that got a done ledger row. Written before the checkpoint
+  moves past such a UID: the record is what lets it move. Both backends (SQLite: table
+  missing_uids; Supabase: sql/009_missing_uids.sql; store/missing_uids.py).
 - Text written to the ledger (Message-ID, error) goes through ledger_text(): NUL removed
   (PostgreSQL text cannot hold it, and a refused write after the handler ran used to hand the
   email over again about once a second), unpaired surrogates replaced, length bounded.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, Sequence
 
 # A ledger row in one of these is finished: handed over (or given up on) once, never again.
 # The one list for Python; the Supabase ledger's is sql/008's idle_supervisor_done_statuses().
@@ -78,6 +84,13 @@ class StateStore(Protocol):
 
     def is_done(self, tenant_id: str, folder: str, uidvalidity: int, uid: int) -> bool: ...
 
+    def record_missing(self, tenant_id: str, folder: str, uidvalidity: int, uids: Sequence[int],
+                       seen_at: float) -> None: ...
+
+    def missing_uids(self, tenant_id: str, folder: str, uidvalidity: int) -> dict[int, float]: ...
+
+    def forget_missing(self, tenant_id: str, folder: str, uidvalidity: int, uids: Sequence[int]) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -89,10 +102,13 @@ class UnsafeStateFile(StoreError):
     """state_dir or a file in it is not safe to use (another account's directory, a symbolic
     link where a file belongs: tenant_proc/private_files.py). A config error: retrying cannot
     help until the operator fixes the directory."""
-class SchemaOutdated(StoreError):
-    """The database lacks a migration this call needs (Supabase: sql/003, sql/006, sql/008)."""
 
 
 class LeaseLost(StoreError):
     """[cluster]: the database refused a write because another instance now holds this company
     (a newer fencing token) or the lease expired. Retrying cannot help: the tenant exits."""
+
+
+class SchemaOutdated(StoreError):
+    """The database lacks a migration this call needs (Supabase: sql/003, sql/006, sql/008,
+    sql/009)."""

@@ -20,6 +20,7 @@ from tenant_proc.store.api import (
     UnsafeStateFile,
     ledger_text,
 )
+from tenant_proc.store.missing_uids import MISSING_SCHEMA, SqliteMissingUids
 
 DB_NAME = "checkpoints.sqlite3"
 WAL_SWITCH_DEADLINE = 5.0  # seconds, as the busy timeout
@@ -68,7 +69,7 @@ _INSERT_HANDLING = ("INSERT INTO ledger VALUES (?, ?, ?, ?, NULL, 'handling', 0,
 T = TypeVar("T")
 
 
-class SqliteStore:
+class SqliteStore(SqliteMissingUids):
     def __init__(self, path: Path) -> None:
         prepare_file(path)
         try:
@@ -77,7 +78,7 @@ class SqliteStore:
             self._db.execute("PRAGMA busy_timeout = 5000")
             _enable_wal(self._db)
             self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL is durable across crashes of a process
-            self._db.executescript(SCHEMA)
+            self._db.executescript(SCHEMA + MISSING_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from None
 

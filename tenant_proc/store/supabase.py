@@ -38,6 +38,7 @@ from tenant_proc.store.api import (
     StoreError,
     ledger_text,
 )
+from tenant_proc.store.missing_uids import SupabaseMissingUids
 
 # The logger keeps the name it had before the store moved into a folder: operators filter on it.
 log = logging.getLogger("tenant_proc.store_supabase")
@@ -61,11 +62,12 @@ ATTEMPT_RETRIES = 5  # optimistic-concurrency rounds for the attempts counter
 STORE_TIMEOUT = StateSpec().request_timeout
 LEASE_LOST_CODE = "PT409"  # the SQLSTATE the fence raises; PostgREST answers it as HTTP 409
 # No fenced_begin_attempt (PostgREST's PGRST202, PostgreSQL's 42883), or a status check without
-# 'handling' (23514): a database migrated before sql/003 and sql/006 (or, for 'skipped', sql/008).
-OUTDATED_SCHEMA_CODES = frozenset({"PGRST202", "42883", "23514"})
+# 'handling' (23514): a database migrated before sql/003 and sql/006 (or, for 'skipped',
+# sql/008). No table missing_uids (PostgREST's PGRST205, PostgreSQL's 42P01): before sql/009.
+OUTDATED_SCHEMA_CODES = frozenset({"PGRST202", "42883", "23514", "PGRST205", "42P01"})
 
 
-class SupabaseStore:
+class SupabaseStore(SupabaseMissingUids):
     def __init__(self, url: str, key: str, timeout: float = STORE_TIMEOUT,
                  fencing_token: int | None = None,
                  keepalive: Callable[[], None] | None = None) -> None:

@@ -51,6 +51,18 @@ def test_defaults_and_relative_state_dir(tmp_path):
     assert load.specs["beta"].port == 143 and load.specs["beta"].name == "beta"
 
 
+def test_provider_defaults_dedupe_on_and_missing_uid_timeout(tmp_path):
+    """Issue 21: Message-ID deduplication on for 7 days unless turned off; a UID the server
+    lists but does not return is given up after an hour; both from the environment too."""
+    config = load_config(write(tmp_path, GOOD), environ={})
+    assert config.imap.dedupe_window == 604800.0 and config.imap.missing_uid_timeout == 3600.0
+    load = build_tenant_specs(config, config.raw_tenants, environ={"ACME_PW": "x"})
+    assert load.specs["acme"].imap.dedupe_window == 604800.0
+    config = load_config(write(tmp_path, GOOD), environ={
+        "IDLE_SUPERVISOR_IMAP_DEDUPE_WINDOW": "0", "IDLE_SUPERVISOR_IMAP_MISSING_UID_TIMEOUT": "900"})
+    assert config.imap.dedupe_window == 0.0 and config.imap.missing_uid_timeout == 900.0
+
+
 def test_missing_password_env_fails_only_that_tenant(tmp_path):
     config = load_config(write(tmp_path, GOOD), environ={})
     load = build_tenant_specs(config, config.raw_tenants, environ={})
@@ -64,6 +76,7 @@ def test_missing_password_env_fails_only_that_tenant(tmp_path):
     ("[supervisor]\nrestart_backof = 3\n", "unknown key 'restart_backof'"),
     ("[supervisor]\nrestart_backoff = 'x'\n", "restart_backoff must be a number"),
     ("[imap]\nbackfill = 'some'\n", "backfill must be one of"),
+    ("[imap]\nmissing_uid_timeout = 0\n", "missing_uid_timeout must be above 0"),
     ("[handler]\ntarget = 'nocolon'\n", "module:callable"),
     ("[bogus]\n", "unknown config section"),
 ])

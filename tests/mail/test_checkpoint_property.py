@@ -1,6 +1,6 @@
 """A hypothesis property of the checkpoint logic (issue 4): whatever mix of new mail, handler
-failures, crashes, restarts, reconnects and UIDVALIDITY changes, no email is lost and none is
-handled twice.
+failures, crashes, restarts, reconnects, UIDVALIDITY changes and UIDs the server lists but does
+not return for a while (Exchange, issue 21), no email is lost and none is handled twice.
 
 The mailbox logic (tenant_proc/mail/mailbox.py) runs against an in-memory IMAP folder (FakeImap)
 and a real SQLite store; a crash is a BaseException raised in the handler or between it and the
@@ -33,8 +33,12 @@ class FakeImap:
     """The parts of IMAPClient the mailbox uses, over an in-memory folder."""
 
     def add(self, kind: str) -> int:
+        """kind "hidden": a good email the server lists but keeps out of FETCH answers (Exchange)
+        until the next "reveal"."""
         uid = self.next_uid
         self.next_uid += 1
+        if kind == "hidden":
+            self.hidden.add(uid)
         self.messages[uid] = (f"Subject: {kind} {uid}\r\nMessage-ID: <{uid}.{self.uidvalidity}@x>\r\n"
                               f"\r\n{kind}\r\n").encode()
         return uid
@@ -54,6 +58,11 @@ class FakeImap:
     def __init__(self) -> None:
         self.uidvalidity = 1000
         self.messages: dict[int, bytes] = {}
+        self.hidden: set[int] = set()  # listed by SEARCH, left out of every FETCH answer
+        # Mail that arrives just after the next survey's SEARCH ran, before its FETCH: in the
+        # FETCH's answer only (and, hidden, in neither).
+        self.arriving: list[str] = []
+        self.arrived: set[int] = set()
         self.next_uid = 1
         self._imap = _FakeImaplib(self)
 
@@ -62,17 +71,31 @@ class FakeImap:
         hands back the untagged lines."""
         seqs = {u: i + 1 for i, u in enumerate(sorted(self.messages))}
         if uid_set.endswith(":*"):
-            low = int(uid_set.split(":")[0])
-            found = [u for u in sorted(self.messages) if u >= low]
-            found = found or ([max(self.messages)] if self.messages else [])  # "n:*" semantics
+            found = [u for u in self.listed(uid_set) if u not in self.hidden]
             return [f"{seqs[u]} (UID {u} RFC822.SIZE {len(self.messages[u])})".encode() for u in found]
         uid, limit = int(uid_set), int(items.split("<0.")[1].split(">")[0])
-        if uid not in self.messages:
+        if uid not in self.messages or uid in self.hidden:
             return []
         body = self.messages[uid]
         head = body[:limit]
         return [(f"{seqs[uid]} (UID {uid} RFC822.SIZE {len(body)} BODY[]<0> {{{len(head)}}}".encode(), head),
                 b")"]
+
+    def listed(self, uid_set: str) -> list[int]:
+        """UID SEARCH UID n:* (or a,b,c or a:b): hidden UIDs included."""
+        if uid_set.endswith(":*"):
+            low = int(uid_set.split(":")[0])
+            found = [u for u in sorted(self.messages) if u >= low]
+            return found or ([max(self.messages)] if self.messages else [])  # "n:*" semantics
+        wanted: set[int] = set()
+        for part in uid_set.split(","):
+            low, _, high = part.partition(":")
+            wanted |= set(range(int(low), int(high or low) + 1))
+        return sorted(wanted & set(self.messages))
+
+    def search(self, criteria: list[str]) -> list[int]:
+        assert criteria[0] == "UID", criteria
+        return self.listed(criteria[1])
 
     def _checkok(self, command: str, typ: str, data: Any) -> None:
         assert typ == "OK"
@@ -80,7 +103,7 @@ class FakeImap:
     def fetch(self, uids: list[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
         out = {}
         for uid in uids:
-            if uid in self.messages:
+            if uid in self.messages and uid not in self.hidden:
                 body = self.messages[uid]
                 out[uid] = {b"RFC822.SIZE": len(body), b"BODY[]": body,
                             b"INTERNALDATE": datetime.now(timezone.utc)}
@@ -95,7 +118,12 @@ class _FakeImaplib:
         self.pending: list[tuple[str, ...]] = []
 
     def _command(self, *args: str) -> str:
-        assert args[:2] == ("UID", "FETCH"), args
+        assert args[:2] in (("UID", "FETCH"), ("UID", "SEARCH")), args
+        if args[1] == "SEARCH":  # the server runs it now: its answer is what exists now
+            args = (*args, " ".join(map(str, self.owner.listed(args[3]))))
+            owner = self.owner
+            owner.arrived |= {owner.add(kind) for kind in owner.arriving}
+            owner.arriving = []
         self.pending.append(args)
         return f"A{len(self.pending)}"
 
@@ -103,9 +131,11 @@ class _FakeImaplib:
         return "OK", [b"done"]
 
     def _untagged_response(self, typ: str, data: Any, name: str) -> tuple[str, list[Any]]:
-        lines = [line for args in self.pending for line in self.owner.fetch_lines(args[2], args[3])]
-        self.pending = []
-        return typ, lines
+        mine = [args for args in self.pending if args[1] == name]
+        self.pending = [args for args in self.pending if args[1] != name]
+        if name == "SEARCH":
+            return typ, [args[4].encode() for args in mine]
+        return typ, [line for args in mine for line in self.owner.fetch_lines(args[2], args[3])]
 
 
 class PropertyWorld:
@@ -173,8 +203,10 @@ class PropertyWorld:
         key = (email.uidvalidity, email.uid)
         checkpoint = self.store.load_checkpoint("t", "INBOX")
         assert checkpoint is not None
-        # Never handle anything at or below the checkpoint, never anything already finished.
-        assert checkpoint.uidvalidity != email.uidvalidity or email.uid > checkpoint.last_uid
+        # Never handle anything at or below the checkpoint (but a UID the server listed and did
+        # not return, recorded before the checkpoint passed it), never anything already finished.
+        assert (checkpoint.uidvalidity != email.uidvalidity or email.uid > checkpoint.last_uid
+                or email.uid in self.store.missing_uids("t", "INBOX", email.uidvalidity))
         assert key not in self.finished_seen
         assert not self.store.is_done("t", "INBOX", *key)
         # Redelivered exactly when an earlier attempt was cut short by a crash.
@@ -235,11 +267,12 @@ class PropertyWorld:
         uv = self.imap.uidvalidity
         for uid in expected_uids:  # liveness: everything that arrived after the last resync
             assert ledger.get((uv, uid), ("missing",))[0] in ("processed", "failed"), (uv, uid)
+        assert self.store.missing_uids("t", "INBOX", uv) == {}  # every recorded UID came back
 
 
 OPS = st.lists(
     st.one_of(
-        st.tuples(st.just("mail"), st.lists(st.sampled_from(["ok", "ok", "ok", "flaky", "poison"]),
+        st.tuples(st.just("mail"), st.lists(st.sampled_from(["ok", "ok", "ok", "flaky", "poison", "hidden"]),
                                              min_size=1, max_size=5)),
         st.just(("catch_up",)),
         st.just(("crash_in_handler",)),
@@ -247,6 +280,9 @@ OPS = st.lists(
         st.just(("restart",)),
         st.just(("reconnect",)),
         st.just(("uidvalidity",)),
+        st.just(("reveal",)),
+        st.tuples(st.just("mail_during_survey"), st.lists(st.sampled_from(["ok", "hidden"]),
+                                                          min_size=2, max_size=4)),
     ),
     max_size=30,
 )
@@ -275,9 +311,17 @@ def test_checkpoint_property_no_loss_no_repeat(ops: list[tuple[Any, ...]]):
             elif kind == "uidvalidity":
                 # New UIDs for old mail: by design restart from UIDNEXT, the old ones are not redone.
                 world.imap.renumber()
+                world.imap.hidden, world.imap.arrived, world.imap.arriving = set(), set(), []
                 since_resync = set()
                 world.reconnect()
+            elif kind == "mail_during_survey":  # arrives between the next SEARCH and its FETCH
+                world.imap.arriving = list(op[1])
+            elif kind == "reveal":  # the server serves what it kept out
+                world.imap.hidden = set()
         world.crash_in_handler = world.crash_before_mark = False
+        world.imap.hidden = set()  # served at last: every recorded UID is handed over
+        world.imap.arriving = []
+        since_resync |= world.imap.arrived
         for _ in range(len(world.imap.messages) * PropertyWorld.MAX_ATTEMPTS + 2):
             world.catch_up()
         world.check_final(since_resync)

@@ -1,7 +1,9 @@
 """The mailbox's IMAP commands per catch-up, against a fake server that answers like Dovecot.
 
-No SEARCH: one `UID FETCH last+1:* (RFC822.SIZE)` finds the new UIDs and their sizes; bodies
-follow in batches of batch_size, oversized mail headers only.
+One round trip finds the new mail: `UID SEARCH UID last+1:*` (what the server lists, held against
+what it returns: tenant_proc/mail/missing.py) pipelined with `UID FETCH last+1:* (RFC822.SIZE)`
+(the new UIDs and their sizes) and the next UID's first bytes; bodies follow in batches of
+batch_size, oversized mail headers only.
 """
 from __future__ import annotations
 
@@ -36,10 +38,15 @@ class WireImap:
         return "OK", [b"FETCH completed"]
 
     def _untagged_response(self, typ: str, data: Any, name: str) -> tuple[str, list[Any]]:
-        lines: list[Any] = []
         ordered = sorted(self.messages)
-        for args in self._pending:
-            assert args[:2] == ("UID", "FETCH")
+        if name == "SEARCH":  # UID SEARCH UID n:*, as "n:*" includes the highest UID
+            searches = [a for a in self._pending if a[:2] == ("UID", "SEARCH")]
+            self._pending = [a for a in self._pending if a not in searches]
+            low = int(searches[0][3].split(":")[0])
+            found = [u for u in ordered if u >= low] or ordered[-1:]
+            return typ, [" ".join(map(str, found)).encode()]
+        lines: list[Any] = []
+        for args in [a for a in self._pending if a[:2] == ("UID", "FETCH")]:
             if args[2].endswith(":*"):
                 assert args[3] == "(RFC822.SIZE)"
                 low = int(args[2].split(":")[0])
@@ -55,7 +62,7 @@ class WireImap:
                     first = (f"{ordered.index(uid) + 1} (UID {uid} RFC822.SIZE {len(body)} "
                              f"BODY[]<0> {{{len(head)}}}")
                     lines += [(first.encode(), head), b")"]
-        self._pending = []
+        self._pending = [a for a in self._pending if a[:2] != ("UID", "FETCH")]
         # An unsolicited flag change (keyed by sequence number, no size) may ride along.
         return typ, lines + [b"1 (FLAGS (\\Seen))"]
 
@@ -76,7 +83,7 @@ class WireImap:
         return out
 
     def search(self, criteria: list[str]) -> list[int]:  # pragma: no cover - must not be used
-        raise AssertionError("catch_up must not SEARCH: the size FETCH finds the new UIDs")
+        raise AssertionError("catch_up must not SEARCH on its own: the search rides with the survey")
 
 
 class _Control:
@@ -128,17 +135,17 @@ PREFETCH = "(BODY.PEEK[]<0.65536> INTERNALDATE RFC822.SIZE)"
 
 
 def test_one_new_small_email_takes_one_round_trip(tmp_path: Path) -> None:
-    """No SEARCH; the size FETCH and the next UID's first bytes go out together, and a small
+    """The search, the size FETCH and the next UID's first bytes go out together, and a small
     email needs nothing more."""
     imap, mailbox, handled = catch_up_once(tmp_path, {1: message(1), 2: message(2)}, 2)
-    assert imap.sent == ["UID FETCH 2:* (RFC822.SIZE)", f"UID FETCH 2 {PREFETCH}"]
+    assert imap.sent == ["UID SEARCH UID 2:*", "UID FETCH 2:* (RFC822.SIZE)", f"UID FETCH 2 {PREFETCH}"]
     assert [(e.uid, e.truncated, e.size) for e in handled] == [(2, False, len(message(2)))]
 
 
 def test_highest_uid_below_n_is_not_handled_again(tmp_path: Path) -> None:
     """`UID FETCH 6:*` on a mailbox whose highest UID is 5 answers with UID 5: not new mail."""
     imap, mailbox, handled = catch_up_once(tmp_path, {4: message(4), 5: message(5)}, 6)
-    assert imap.sent == ["UID FETCH 6:* (RFC822.SIZE)", f"UID FETCH 6 {PREFETCH}"]
+    assert imap.sent == ["UID SEARCH UID 6:*", "UID FETCH 6:* (RFC822.SIZE)", f"UID FETCH 6 {PREFETCH}"]
     assert handled == []
     assert mailbox.checkpoint is not None and mailbox.checkpoint.last_uid == 5
 
@@ -149,6 +156,7 @@ def test_oversized_next_email_is_handed_over_headers_only(tmp_path: Path) -> Non
     imap, mailbox, handled = catch_up_once(tmp_path, {1: message(1, b"x" * 5000), 2: message(2)}, 1,
                                            max_message_bytes=1000)
     assert imap.sent == [
+        "UID SEARCH UID 1:*",
         "UID FETCH 1:* (RFC822.SIZE)",
         "UID FETCH 1 (BODY.PEEK[]<0.1000> INTERNALDATE RFC822.SIZE)",
         "UID FETCH 2 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",
@@ -163,7 +171,7 @@ def test_email_of_exactly_the_prefetch_size_is_fetched_again_whole(tmp_path: Pat
     """A prefix as long as asked may be cut: only a shorter one counts as the whole email."""
     raw = message(1)
     imap, mailbox, handled = catch_up_once(tmp_path, {1: raw}, 1, max_message_bytes=len(raw))
-    assert imap.sent[2:] == ["UID FETCH 1 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)"]
+    assert imap.sent[3:] == ["UID FETCH 1 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)"]
     assert [(e.uid, e.truncated) for e in handled] == [(1, False)]
 
 
@@ -172,6 +180,7 @@ def test_many_new_emails_go_in_bounded_batches(tmp_path: Path) -> None:
     msgs[3] = message(3, b"x" * 5000)
     imap, mailbox, handled = catch_up_once(tmp_path, msgs, 1, batch_size=3, max_message_bytes=1000)
     assert imap.sent == [
+        "UID SEARCH UID 1:*",
         "UID FETCH 1:* (RFC822.SIZE)",
         "UID FETCH 1 (BODY.PEEK[]<0.1000> INTERNALDATE RFC822.SIZE)",
         "UID FETCH 2 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",  # 1 came whole with the sizes
@@ -190,7 +199,7 @@ def test_a_batch_is_capped_by_bytes_as_well_as_by_count(tmp_path: Path) -> None:
     msgs[5] = message(5, b"x" * 9000)
     imap, mailbox, handled = catch_up_once(tmp_path, msgs, 1, batch_size=100, max_batch_bytes=7000,
                                            max_message_bytes=20_000)
-    assert imap.sent[2:] == [
+    assert imap.sent[3:] == [
         "UID FETCH 2 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",  # batch 1,2: 1 came with the sizes
         "UID FETCH 3,4 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",
         "UID FETCH 5 (BODY.PEEK[] INTERNALDATE RFC822.SIZE)",

@@ -1,7 +1,8 @@
 """Per-tenant Message-ID deduplication window (issue 12 item 5): `dedupe_window` as a key of one
 [[tenant]] entry or a `companies.dedupe_window` column (sql/007) overrides the global
-`[imap] dedupe_window` (off by default) for that tenant only. The same email re-appended under a
-new UID is `duplicate` for a tenant with the window and handed over twice for one without."""
+`[imap] dedupe_window` (on by default since issue 21: 7 days) for that tenant only. The same
+email re-appended under a new UID is `duplicate` for a tenant with the window and handed over
+twice for one whose window is 0."""
 from __future__ import annotations
 
 import signal
@@ -88,7 +89,7 @@ def test_the_window_of_one_tenant_dedupes_its_reupload_only(dovecot, tmp_path):
     dovecot.add_user("dd-on", "on-pw")
     dovecot.add_user("dd-off", "off-pw")
     tenants = [TenantEntry("on", "dd-on", "on-pw", extra={"dedupe_window": 3600}),
-               TenantEntry("off", "dd-off", "off-pw")]
+               TenantEntry("off", "dd-off", "off-pw", extra={"dedupe_window": 0})]
     with SupervisorRun(tmp_path / "run", dovecot, tenants).start() as run:
         for user in ("dd-on", "dd-off"):
             dovecot.deliver(user, make_message("original", message_id=MESSAGE_ID))
@@ -122,7 +123,7 @@ def test_the_window_of_one_tenant_dedupes_its_reupload_only(dovecot, tmp_path):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_companies_column_sets_the_window(dovecot, pg_db, postgrest, tmp_path):
-    for cid, window in (("sb-on", "3600"), ("sb-off", None)):
+    for cid, window in (("sb-on", None), ("sb-off", "0")):  # NULL: the [imap] default, on
         dovecot.add_user(cid, f"{cid}-pw")
         pg_db.execute(
             "INSERT INTO companies (id, name, imap_host, imap_port, imap_security, imap_username, "

@@ -1,7 +1,7 @@
 """The fields an answering service needs (issue 23): reply_to, in_reply_to, references, list_id and
 from_self, and the three kinds of header that once read differently from email.policy.default
 (8-bit bytes inside an encoded word, repeated From/Subject fields, a display name of whitespace
-only). Real-world cases of the three kinds are in the corpus (tests/mail/test_corpus.py)."""
+only). Real-world cases of the three kinds are in the corpus (tests/message/test_corpus.py)."""
 from __future__ import annotations
 
 import email
@@ -77,7 +77,7 @@ def test_from_self_against_username_and_addresses():
     assert no_own.from_self is False
 
 
-# ---- the three kinds of header (crafted; real ones: tests/mail/corpus) ------------------------
+# ---- the three kinds of header (crafted; real ones: tests/message/corpus) ------------------------
 
 def test_eight_bit_bytes_inside_an_encoded_word_are_read_in_its_charset():
     lines = (b"Subject: =?iso-8859-1?Q?Die_Hasen_und_die_Fr\xf6sche?=",

@@ -1,5 +1,5 @@
 """The `auto` field follows issue 23's ordered rules (tenant_proc/message/classify.py), on crafted
-headers and on real-world automatic mail from public corpora (tests/mail/corpus/SOURCES.md).
+headers and on real-world automatic mail from public corpora (tests/message/corpus/SOURCES.md).
 
 The real samples are classified as the rules read them, which is not always what a person sees:
 an Exchange 2010 out-of-office reply carries no header the rules read (only
@@ -17,7 +17,7 @@ from tenant_proc.message import classify as rules
 from tenant_proc.message.classify import is_from_self, skipped_class
 from tenant_proc.spec import AUTO_CLASSES, SKIP_CLASSES
 
-CORPUS = Path(__file__).resolve().parents[1] / "mail" / "corpus"
+CORPUS = Path(__file__).resolve().parent / "corpus"
 ENV = Envelope("acme", "INBOX", 1, 1, 0, 0.0, 0.0)
 
 

@@ -1,7 +1,7 @@
 """Supabase: the migration, the state store and the tenant source, against a real PostgreSQL
 through the PostgREST-compatible test server and real supabase-py.
 
-The supabase_insert handler is tested in tests/store/test_supabase_insert.py, end-to-end runs with
+The supabase_insert handler is tested in tests/handlers/test_supabase_insert.py, end-to-end runs with
 the real supervisor in tests/tenants/test_supabase_e2e.py.
 """
 from __future__ import annotations

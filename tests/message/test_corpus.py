@@ -1,4 +1,4 @@
-"""Real-world mail (tests/mail/corpus/, sources in SOURCES.md): our fast compat32 parse gives every
+"""Real-world mail (tests/message/corpus/, sources in SOURCES.md): our fast compat32 parse gives every
 header field a person sees exactly as the stdlib's standards-following `email.policy.default`
 shows it, and nothing raises.
 
