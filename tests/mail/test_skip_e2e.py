@@ -17,7 +17,7 @@ from tests.service.test_metrics import free_port, sample, scrape
 
 pytestmark = pytest.mark.integration
 
-CORPUS = Path(__file__).parent / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "message" / "corpus"
 RECOMMENDED = ["bounce", "auto_reply", "auto_generated", "self"]
 
 
