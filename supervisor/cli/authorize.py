@@ -63,6 +63,7 @@ def cmd_authorize(args: argparse.Namespace) -> int:
             raise ConsentError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
         _, config = load(args)
         spec = tenant_to_authorize(config, args.tenant_id)
+        check_store(spec)
         consent = sign_in(spec, args)
         where = store(spec, consent)
     except (ConsentError, ConfigError, MissingDependency) as exc:
@@ -107,6 +108,16 @@ def sign_in(spec: TenantSpec, args: argparse.Namespace) -> Consent:
     _say(f"Sign in as {spec.username} for tenant {spec.id} ({spec.name}) in a browser on this "
          f"machine within {args.timeout:g}s; open this URL:")
     return authorize_in_browser(spec, args.port, args.timeout, _say)
+
+
+def check_store(spec: TenantSpec) -> None:
+    """Before anyone signs in: the token store can be read here (a state_dir of another account,
+    root's included, or an unreachable Supabase is said now, not after the consent)."""
+    try:
+        open_token_store(spec).load(spec.id)
+    except StoreError as exc:
+        raise ConsentError(f"the token store cannot be used, so nobody was asked to sign in: "
+                           f"{exc}") from None
 
 
 def store(spec: TenantSpec, consent: Consent) -> str:

@@ -205,6 +205,24 @@ def test_every_refusal_before_a_sign_in_is_one_line_and_exit_1(idp: IdentityProv
     assert idp.token_requests() == 0 and stored(run, "web") is None
 
 
+
+def test_a_token_store_that_cannot_be_used_is_said_before_anyone_signs_in(
+        idp: IdentityProvider, tmp_path: Path) -> None:
+    """A state_dir the store refuses (here a link planted at the database; as root, another
+    account's directory) would lose the consent after the person signed in: say it first."""
+    tenant = consent_tenant(idp, "contoso", "microsoft", port=993)
+    run = cli_run(tmp_path, [tenant])
+    run.state_dir.mkdir(parents=True, mode=0o700)
+    target = tmp_path / "elsewhere.sqlite3"
+    (run.state_dir / "checkpoints.sqlite3").symlink_to(target)
+    result = run.cli("authorize", "contoso", "--timeout", "5")
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.startswith("idle-supervisor: authorize contoso: the token store cannot be "
+                                    "used, so nobody was asked to sign in: "), result.stderr
+    assert "symbolic link" in result.stderr and result.stderr.count("\n") == 1
+    assert "http" not in result.stdout  # no authorization URL was printed
+    assert idp.token_requests() == 0 and not target.exists()
+
 def wait_until(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
