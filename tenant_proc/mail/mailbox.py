@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable
 
 from imapclient import IMAPClient
 
 from ipc import protocol
-from tenant_proc.errors import ConnectionLost
 from tenant_proc.handlers.loader import LoadedHandler, PermanentHandlerError
 from tenant_proc.imap.fetching import FetchBroken, batches, connection_broken, fetch_bodies, survey
 from tenant_proc.imap.searching import discard_uid_search, read_uid_search, send_uid_search
@@ -193,7 +192,7 @@ class Mailbox(LedgerOutcomes):
             elif uid in messages:
                 done = self._handle(uid, messages[uid], notice, truncated=sizes[uid] > limit, defer=True)
             elif broken is not None:
-                self._connection_broke(uid, broken, notice)
+                self._fetch_broke(uid, broken, notice, narrow=lambda: self._fetch_singly(broken.uids))
             elif fetched.busy is not None:
                 self._server_busy(uid, fetched.busy[0])
             else:
@@ -202,17 +201,8 @@ class Mailbox(LedgerOutcomes):
                 return False
         return True
 
-    def _connection_broke(self, uid: int, broken: FetchBroken, notice: Notice) -> NoReturn:
-        """The first UID without an answer when the FETCH broke the connection: its attempt if
-        it was fetched alone, else fetch one at a time after the reconnect; nobody's attempt
-        when the server's BYE named its own state ("* BYE System Error"). Always raises."""
-        if broken.busy is not None:
-            self._server_busy(uid, broken.busy)
-        if broken.uids == [uid]:  # the reconnect's backoff paces the next try, not retry_interval
-            self._attempt_failed(uid, None, str(broken), notice, wait=False)
-        else:
-            self.fetch_singly_until = max(self.fetch_singly_until, *broken.uids)
-        raise ConnectionLost(str(broken))
+    def _fetch_singly(self, uids: list[int]) -> None:
+        self.fetch_singly_until = max(self.fetch_singly_until, *uids)
 
     def _missing(self, client: IMAPClient, uid: int, notice: Notice) -> bool:
         """The FETCH answer left this UID out: expunged meanwhile, or the server (Exchange) lists

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Iterable, NoReturn
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ipc import protocol
-from tenant_proc.errors import ConnectionLost
 from tenant_proc.imap.fetching import FetchBroken, busy_delay, connection_broken, fetch_bodies
 from tenant_proc.imap.searching import listed, listed_between
 from tenant_proc.store.api import SchemaOutdated
@@ -146,7 +145,7 @@ class MissingUids:
             fetched = fetch_bodies(client, [u for u in batch if u in sizes], sizes,
                                    imap.max_message_bytes)
         except FetchBroken as broken:
-            self._connection_broke(broken, notice)
+            mailbox._fetch_broke(broken.uids[0], broken, notice)
         if fetched.busy is not None:  # quota, incident, throttling: the whole mailbox waits
             mailbox._server_busy(batch[0], fetched.busy[0])
         unserved = []
@@ -165,17 +164,6 @@ class MissingUids:
             else:  # attempts remain: again after retry_interval
                 self.due_at = time.monotonic() + imap.retry_interval
         self.settle(client, unserved, notice)
-
-    def _connection_broke(self, broken: FetchBroken, notice: Notice) -> NoReturn:
-        """As Mailbox._connection_broke: a BYE naming the server's state is nobody's attempt; a
-        FETCH of one UID that broke the connection is that email's attempt (so one that breaks
-        every session ends `failed`, not in a reconnect loop). Always raises."""
-        mailbox = self.mailbox
-        if broken.busy is not None:
-            mailbox._server_busy(broken.uids[0], broken.busy)
-        if len(broken.uids) == 1:
-            mailbox._attempt_failed(broken.uids[0], None, str(broken), notice, wait=False)
-        raise ConnectionLost(str(broken))
 
     def settle(self, client: IMAPClient, uids: list[int], notice: Notice) -> None:
         """UIDs at or below the checkpoint the server did not return just now: expunged if UID

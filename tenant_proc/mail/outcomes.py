@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 from ipc import protocol
-from tenant_proc.errors import ServerBusy
+from tenant_proc.errors import ConnectionLost, ServerBusy
+from tenant_proc.imap.fetching import FetchBroken
 from tenant_proc.mail.notice import Notice
 from tenant_proc.mail.processed_rows import HeldProcessedRow
 from tenant_proc.process.control import Control
@@ -40,6 +41,23 @@ class LedgerOutcomes:
         attempt is counted; the session drops the connection and the whole mailbox waits in
         `backoff` (what the server asked, else a doubling wait), then fetches uid again."""
         raise ServerBusy(f"server busy fetching uid {uid}: {error}"[:500])
+
+    def _fetch_broke(self, uid: int, broken: FetchBroken, notice: Notice,
+                     narrow: Callable[[], None] = lambda: None) -> NoReturn:
+        """A FETCH broke the connection and uid is the first email without an answer. Nobody's
+        attempt when the server's BYE named its own state ("* BYE System Error"): the mailbox
+        waits. That email's attempt when it was fetched alone (the reconnect's backoff paces the
+        next try, not retry_interval), so one that breaks every session ends `failed` instead
+        of a reconnect loop. After a FETCH of several, narrow(): the caller fetches one at a time
+        after the reconnect, so the next break names its email. Always raises. The new mail,
+        the missing-UID chase and the replay all end a broken FETCH here."""
+        if broken.busy is not None:
+            self._server_busy(uid, broken.busy)
+        if broken.uids == [uid]:
+            self._attempt_failed(uid, None, str(broken), notice, wait=False)
+        else:
+            narrow()
+        raise ConnectionLost(str(broken))
 
     def _recorded(self, uid: int, message_id: str | None, latency: float) -> None:
         """The processed row is durable: move on and tell the parent."""

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from tenant_proc.errors import ConnectionLost
 from tenant_proc.imap.fetching import FetchBroken, fetch_bodies
 from tenant_proc.process.control import Control
 from tenant_proc.store.failed_ledger import ledger_for
@@ -115,7 +114,7 @@ class Replayer:
                 fetched = fetch_bodies(client, [u for u in batch if u in sizes], sizes, limit,
                                        singly=self.singly)
             except FetchBroken as exc:
-                self._connection_broke(exc, notice)
+                mailbox._fetch_broke(exc.uids[0], exc, notice, narrow=self._fetch_singly)
             if fetched.busy is not None:  # quota, incident, throttling: the whole mailbox waits
                 mailbox._server_busy(batch[0], fetched.busy[0])  # raises; the replay stays pending
             unserved = []
@@ -137,17 +136,8 @@ class Replayer:
         self.singly = False
         return again
 
-    def _connection_broke(self, broken: FetchBroken, notice: Notice) -> NoReturn:
-        """As Mailbox._connection_broke: a FETCH of one UID that broke the connection is that
-        email's attempt (the reconnect's backoff paces the next, not retry_interval); after a
-        FETCH of several, the next round fetches one at a time. Always raises."""
-        if broken.busy is not None:  # "* BYE System Error": the server's state, nobody's attempt
-            self.mailbox._server_busy(broken.uids[0], broken.busy)
-        if len(broken.uids) == 1:
-            self.mailbox._attempt_failed(broken.uids[0], None, str(broken), notice, wait=False)
-        else:
-            self.singly = True
-        raise ConnectionLost(str(broken))
+    def _fetch_singly(self) -> None:
+        self.singly = True
 
     def _not_served(self, client: IMAPClient, uids: list[int], notice: Notice) -> None:
         if uids:
