@@ -23,6 +23,18 @@ AUTO_CLASSES: tuple[str, ...] = ("bounce", "auto_reply", "auto_generated", "list
 SKIP_CLASSES: tuple[str, ...] = (*AUTO_CLASSES, "self")
 
 
+def boolean(value: Any) -> bool | None:
+    """true/false, or their text in any case ("false" from an environment variable or a text
+    column); None for anything else, which callers refuse, never guess: bool("false") is True,
+    which once turned allow_insecure = "false" into plain-text IMAP. The one reading of a
+    boolean for the config (supervisor/config/env.py strict_bool) and the handlers' options."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return None
+
+
 class Secret:
     """A string that never prints itself.
 

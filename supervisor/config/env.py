@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from supervisor.errors import ConfigError
-from tenant_proc.spec import SKIP_CLASSES
+from tenant_proc.spec import SKIP_CLASSES, boolean
 
 CONFIG_ENV = "IDLE_SUPERVISOR_CONFIG"
 ENV_PREFIX = "IDLE_SUPERVISOR_"
@@ -62,13 +62,11 @@ def _env_value(raw: str) -> Any:
 
 
 def strict_bool(value: Any, where: str) -> bool:
-    """true/false, or their text in any case ("false" from an environment variable or a text
-    column): anything else is refused, never guessed. bool("false") is True, which once turned
-    allow_insecure = "false" into plain-text IMAP."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
+    """true/false, or their text in any case (tenant_proc.spec.boolean); anything else is
+    refused with one line naming where."""
+    parsed = boolean(value)
+    if parsed is not None:
+        return parsed
     raise ConfigError(f"{where} must be true or false, not {str(value)[:40]!r}")
 
 

@@ -48,7 +48,7 @@ from tenant_proc.handlers.loader import HandlerContext, PermanentHandlerError
 from tenant_proc.http_clients.deadline import DeadlineClient, read_at_most
 from tenant_proc.loopback import is_loopback
 from tenant_proc.message import Email, answering_fields
-from tenant_proc.spec import Secret
+from tenant_proc.spec import Secret, boolean
 
 # A single POST sends no heartbeat: each attempt is also cut to the tenant's request bound
 # (context.request_timeout, derived from heartbeat_timeout); the handler beats around attempts.
@@ -249,10 +249,8 @@ def _check_url(url: str, allow_insecure: bool) -> None:
 
 def _flag(options: dict[str, Any], name: str) -> bool:
     """A true/false option: a TOML boolean, or its text from an IDLE_SUPERVISOR_HANDLER_* variable."""
-    value = options.get(name, False)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    if not isinstance(value, bool):
+    value = boolean(options.get(name, False))
+    if value is None:
         raise ValueError(f"webhook {name} must be true or false")
     return value
 
