@@ -25,6 +25,7 @@ from pathlib import Path
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")  # files SQLite creates beside a database
 
 
 class UnsafePath(Exception):
@@ -82,6 +83,14 @@ def open_private(path: Path, flags: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def private_sqlite_file(path: Path) -> None:
+    """A SQLite database that is a regular file of ours, 0600, with no link where SQLite will
+    open its files: SQLite follows links, so one planted there would have it write into the
+    link's target. The state store and the jsonl handler's index both open theirs through it."""
+    os.close(open_private(path, os.O_CREAT | os.O_RDWR))
+    refuse_links(*(path.with_name(path.name + suffix) for suffix in SQLITE_COMPANIONS))
 
 
 def refuse_links(*paths: Path) -> None:

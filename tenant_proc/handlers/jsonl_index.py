@@ -21,6 +21,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+from tenant_proc.private_files import private_sqlite_file
+
 TAIL_BYTES = 1024 * 1024
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lines (
@@ -40,7 +42,9 @@ _open: dict[tuple[int, str], LineIndex] = {}  # (pid, index path): one connectio
 
 class LineIndex:
     def __init__(self, path: Path) -> None:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # 0600 before SQLite makes it
+        # 0600, and no link at it or its companions: the jsonl file itself is never followed
+        # either (basic.py), and a link here would have SQLite write into its target.
+        private_sqlite_file(path)
         self._db = sqlite3.connect(str(path), timeout=5.0, isolation_level=None,
                                    check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout = 5000")

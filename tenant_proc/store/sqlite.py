@@ -6,13 +6,12 @@ fork, never inherited.
 """
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from tenant_proc.private_files import UnsafePath, open_private, refuse_links, secure_dir
+from tenant_proc.private_files import UnsafePath, private_sqlite_file, secure_dir
 from tenant_proc.store.api import (
     DONE_STATUSES,
     Checkpoint,
@@ -25,7 +24,6 @@ from tenant_proc.store.missing_uids import MISSING_SCHEMA, SqliteMissingUids
 DB_NAME = "checkpoints.sqlite3"
 WAL_SWITCH_DEADLINE = 5.0  # seconds, as the busy timeout
 WAL_SWITCH_RETRY_PAUSE = 0.02
-SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")  # files SQLite creates beside the database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -334,8 +332,7 @@ def prepare_file(path: Path) -> None:
     links, so a link planted there would have it write the ledger into the link's target."""
     try:
         secure_dir(path.parent)
-        os.close(open_private(path, os.O_CREAT | os.O_RDWR))
-        refuse_links(*(path.with_name(path.name + suffix) for suffix in SQLITE_COMPANIONS))
+        private_sqlite_file(path)
     except UnsafePath as exc:
         raise UnsafeStateFile(str(exc)) from None
     except OSError as exc:
