@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tests.servers.hostile_http import Answer, send_answer
+from tests.servers.ports import reserve_port
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,10 @@ class WebhookReceiver:
     def __init__(self, secret: str, host: str = "127.0.0.1") -> None:
         self.secret = secret
         self.host = host
-        self.port = 0
+        # Held for this receiver's life (tests/servers/ports.py): up() after down() binds the same
+        # port, which no other test can take meanwhile.
+        self._reservation = reserve_port((host,))
+        self.port = self._reservation.port
         self.default = Reply()
         self.received: list[Received] = []
         self._plan: list[Reply] = []
@@ -143,7 +147,6 @@ class WebhookReceiver:
         server.daemon_threads = True
         server.block_on_close = False
         self._server = server
-        self.port = server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         return self

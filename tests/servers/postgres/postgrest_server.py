@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import psycopg
 from psycopg import sql
 
+from tests.servers.ports import reserve_port
 from tests.servers.postgres.postgrest_sql import (
     RESERVED_PARAMS,
     ApiError,
@@ -68,7 +69,10 @@ class PostgrestServer:
         self.roles = {service_key: "service_role"}
         if anon_key:
             self.roles[anon_key] = "anon"
-        self.port = port
+        # A port of its own for this server's life, below the ephemeral range and locked
+        # (tests/servers/ports.py): a restart binds it again, and nobody can take it meanwhile.
+        self._reservation = reserve_port() if port == 0 else None
+        self.port = self._reservation.port if self._reservation is not None else port
         self.requests: list[tuple[str, str]] = []  # (method, path?query), for assertions
         self._failure: tuple[int, bytes, str] | None = None
         self._httpd: ThreadingHTTPServer | None = None
@@ -86,7 +90,6 @@ class PostgrestServer:
             handler = type("BoundHandler", (_Handler,), {"api": self})
             httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
             httpd.daemon_threads = True
-            self.port = httpd.server_address[1]  # same port after a restart: clients keep their URL
             self._httpd = httpd
             self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                             name=f"postgrest-test:{self.port}", daemon=True)
